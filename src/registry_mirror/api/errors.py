@@ -1,0 +1,147 @@
+"""OCI error bodies, and the one place where internal errors become HTTP answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from registry_mirror.index import IndexError_
+from registry_mirror.mirror import ManifestUnacceptable
+from registry_mirror.reference import InvalidReference
+from registry_mirror.storage import StorageError
+from registry_mirror.upstream import (
+    UpstreamAuthFailed,
+    UpstreamDigestMismatch,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+__all__ = [
+    "API_VERSION_HEADERS",
+    "RegistryError",
+    "add_api_version",
+    "error_middleware",
+    "error_response",
+]
+
+log = logging.getLogger(__name__)
+
+API_VERSION_HEADERS: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+# What a 404 from upstream means, by the kind of route that asked.
+NOT_FOUND_CODES: Final = {
+    "manifest": ("MANIFEST_UNKNOWN", "manifest unknown"),
+    "blob": ("BLOB_UNKNOWN", "blob unknown to registry"),
+    "tags": ("NAME_UNKNOWN", "repository name not known to registry"),
+}
+
+
+class RegistryError(Exception):
+    """An answer decided in ``api/``: status, OCI code, message, optional headers."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def error_response(error: RegistryError, method: str = "GET") -> web.Response:
+    body = json.dumps(
+        {"errors": [{"code": error.code, "message": error.message, "detail": error.detail}]}
+    )
+    headers = {**API_VERSION_HEADERS, **error.headers}
+    return web.Response(
+        status=error.status,
+        body=None if method == "HEAD" else body.encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def translate(exc: BaseException, kind: str) -> RegistryError:
+    """Map any failure to the spec's error; the only such mapping in the program."""
+    match exc:
+        case RegistryError():
+            return exc
+        case InvalidReference():
+            return RegistryError(400, exc.code, exc.message)
+        case ManifestUnacceptable():
+            return RegistryError(404, "MANIFEST_UNKNOWN", str(exc))
+        case UpstreamNotFound():
+            code, message = NOT_FOUND_CODES.get(kind, ("NAME_UNKNOWN", "not found"))
+            return RegistryError(404, code, message)
+        case UpstreamRateLimited():
+            headers = {}
+            if exc.retry_after is not None:
+                headers["Retry-After"] = str(exc.retry_after)
+            return RegistryError(
+                429, "TOOMANYREQUESTS", "upstream registry rate limit reached", headers=headers
+            )
+        case UpstreamAuthFailed():
+            return RegistryError(401, "UNAUTHORIZED", exc.message)
+        case UpstreamUnavailable():
+            return RegistryError(
+                503,
+                "UNAVAILABLE",
+                "upstream registry unavailable and content not cached",
+                detail=exc.message,
+            )
+        case UpstreamDigestMismatch() | UpstreamProtocolError():
+            return RegistryError(
+                502, "UNKNOWN", "invalid answer from upstream registry", detail=exc.message
+            )
+        case UpstreamError():
+            return RegistryError(502, "UNKNOWN", "upstream registry error", detail=exc.message)
+        case StorageError() | IndexError_():
+            log.error("storage failure: %s", exc)
+            return RegistryError(503, "UNAVAILABLE", "cache storage unavailable")
+        case web.HTTPMethodNotAllowed():
+            return RegistryError(405, "UNSUPPORTED", "the operation is unsupported")
+        case web.HTTPNotFound():
+            return RegistryError(404, "NOT_FOUND", "no such endpoint")
+        case web.HTTPException():
+            return RegistryError(exc.status, "UNKNOWN", exc.reason)
+    log.exception("internal error", exc_info=exc)
+    return RegistryError(500, "UNKNOWN", "internal error")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except (ConnectionResetError, web.HTTPNotModified):
+        raise
+    except Exception as exc:
+        error = translate(exc, request.get("kind", ""))
+        if error.status >= 500:
+            detail = "" if error.detail is None else f": {error.detail}"
+            log.warning(
+                "%s %s → %d %s%s", request.method, request.path, error.status, error.message, detail
+            )
+        return error_response(error, request.method)
+    return response
+
+
+async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer names the API version, as registry:2's do."""
+    response.headers.update(API_VERSION_HEADERS)

@@ -1,0 +1,301 @@
+"""Routes of the distribution API (read side); HTTP only, no disks, no upstream details."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import Final
+from urllib.parse import quote
+
+from aiohttp import web
+
+from registry_mirror.api.errors import RegistryError
+from registry_mirror.api.ranges import Unsatisfiable, parse_range
+from registry_mirror.api.sendfile import SendfileReactor
+from registry_mirror.media_types import Accept
+from registry_mirror.mirror import BlobSource, FillFailed, Manifest, Mirror
+from registry_mirror.reference import (
+    Digest,
+    parse_digest,
+    parse_reference,
+    parse_repo_name,
+)
+
+__all__ = ["MIRROR_KEY", "SENDFILE_KEY", "setup_routes"]
+
+log = logging.getLogger(__name__)
+
+MIRROR_KEY: Final = web.AppKey("mirror", Mirror)
+SENDFILE_KEY: Final = web.AppKey("sendfile", SendfileReactor)
+MAX_PATH: Final = 1024
+CATALOG_DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 10_000
+READ_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/v2", base)
+    app.router.add_route("*", "/v2/", base)
+    app.router.add_route("*", "/v2/_catalog", catalog)
+    app.router.add_route("*", "/v2/{path:.+}", dispatch)
+
+
+def _read_only(request: web.Request) -> None:
+    if request.method not in READ_METHODS:
+        raise RegistryError(
+            405,
+            "UNSUPPORTED",
+            "this registry is a read-only pull-through mirror: push and delete are refused",
+            headers={"Allow": "GET, HEAD"},
+        )
+
+
+async def base(request: web.Request) -> web.StreamResponse:
+    _read_only(request)
+    return web.json_response({})
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    path = request.match_info["path"]
+    if len(path) > MAX_PATH:
+        raise RegistryError(400, "NAME_INVALID", "request path too long")
+    name, sep, ref = path.rpartition("/manifests/")
+    if sep:
+        request["kind"] = "manifest"
+        _read_only(request)
+        return await manifest(request, name, ref)
+    if "/blobs/uploads" in path or path.endswith("/blobs/uploads"):
+        request["kind"] = "blob"
+        _read_only(request)  # every upload starts with a POST or PUT
+        raise RegistryError(405, "UNSUPPORTED", "uploads are not supported")
+    name, sep, ref = path.rpartition("/blobs/")
+    if sep:
+        request["kind"] = "blob"
+        _read_only(request)
+        return await blob(request, name, ref)
+    if path.endswith("/tags/list"):
+        request["kind"] = "tags"
+        _read_only(request)
+        return await tags(request, path.removesuffix("/tags/list"))
+    raise RegistryError(404, "NOT_FOUND", "no such endpoint")
+
+
+def _mirror(request: web.Request) -> Mirror:
+    return request.app[MIRROR_KEY]
+
+
+def _repo(mirror: Mirror, name: str) -> str:
+    return mirror.canonical_repo(parse_repo_name(name))
+
+
+# --- manifests -------------------------------------------------------------------
+
+
+async def manifest(request: web.Request, name: str, ref: str) -> web.StreamResponse:
+    mirror = _mirror(request)
+    reference = parse_reference(ref)
+    repo = _repo(mirror, name)
+    accept = Accept.parse(request.headers.getall("Accept", []))
+    head = request.method == "HEAD"
+    found = await mirror.manifest(repo, reference, accept, need_body=not head)
+    headers = _manifest_headers(found)
+    if _etag_matches(request, found.digest):
+        return web.Response(status=304, headers=headers)
+    if head:
+        response = web.Response(headers=headers)
+        response.content_length = found.size
+        return response
+    assert found.body is not None
+    return web.Response(body=found.body, headers=headers)
+
+
+def _manifest_headers(found: Manifest) -> dict[str, str]:
+    headers = {
+        "Content-Type": found.media_type,
+        "Docker-Content-Digest": str(found.digest),
+        "ETag": f'"{found.digest}"',
+    }
+    if found.stale:
+        headers["Warning"] = '110 - "served from cache: upstream unavailable"'
+    return headers
+
+
+def _etag_matches(request: web.Request, digest: Digest) -> bool:
+    value = request.headers.get("If-None-Match")
+    if not value:
+        return False
+    return any(tag.strip().strip('"') in (str(digest), "*") for tag in value.split(","))
+
+
+# --- blobs -----------------------------------------------------------------------
+
+
+def _blob_headers(digest: Digest) -> dict[str, str]:
+    return {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+
+
+async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
+    mirror = _mirror(request)
+    digest = parse_digest(ref)
+    repo = _repo(mirror, name)
+    headers = _blob_headers(digest)
+    if request.method == "HEAD":
+        size = await mirror.blob_size(repo, digest)
+        head = web.Response(headers=headers)
+        if size is not None:
+            head.content_length = size
+        return head
+    if _etag_matches(request, digest):
+        return web.Response(status=304, headers=headers)
+    source = await mirror.blob(repo, digest)
+    span: tuple[int, int] | None = None
+    if source.size is not None:
+        try:
+            span = parse_range(request.headers.get("Range"), source.size)
+        except Unsatisfiable:
+            raise RegistryError(
+                416,
+                "BLOB_UNKNOWN",
+                "requested range not satisfiable",
+                headers={"Content-Range": f"bytes */{source.size}"},
+            ) from None
+    response = web.StreamResponse(status=200 if span is None else 206, headers=headers)
+    if span is not None:
+        response.headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{source.size}"
+        response.content_length = span[1] - span[0]
+    elif source.size is not None:
+        response.content_length = source.size
+    start, end = span if span is not None else (0, source.size)
+    if source.path is not None:
+        return await _send_file(request, response, source, start, end)
+    return await _send_fill(request, response, source, start, end)
+
+
+async def _send_file(
+    request: web.Request,
+    response: web.StreamResponse,
+    source: BlobSource,
+    start: int,
+    end: int | None,
+) -> web.StreamResponse:
+    """A cache hit: zero-copy with sendfile."""
+    assert source.path is not None and source.size is not None
+    count = (source.size if end is None else end) - start
+    try:
+        fd = await asyncio.to_thread(os.open, source.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        # Evicted between the lookup and now: serve it through a fresh fill.
+        return await blob(request, *_split(request))
+    try:
+        await response.prepare(request)
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None:
+            raise ConnectionResetError("client went away")
+        # Headers first: the transport's own buffer must be empty before bytes bypass it.
+        for _ in range(1000):
+            if not transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.005)
+        await request.app[SENDFILE_KEY].send(sock.fileno(), fd, start, count)
+        await response.write_eof()
+    except (ConnectionError, BrokenPipeError) as exc:
+        log.debug("client went away during %s: %s", source.digest, exc)
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        os.close(fd)
+    return response
+
+
+def _split(request: web.Request) -> tuple[str, str]:
+    name, _, ref = request.match_info["path"].rpartition("/blobs/")
+    return name, ref
+
+
+async def _send_fill(
+    request: web.Request,
+    response: web.StreamResponse,
+    source: BlobSource,
+    start: int,
+    end: int | None,
+) -> web.StreamResponse:
+    """A miss: stream the bytes of the fill as they arrive; abort if it fails."""
+    assert source.fill is not None
+    await response.prepare(request)
+    try:
+        async for chunk in source.fill.stream(start, end):
+            await response.write(chunk)
+    except FillFailed as exc:
+        log.warning("aborting response for %s: %s", source.digest, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    except (ConnectionResetError, BrokenPipeError):
+        log.debug("client went away during %s", source.digest)
+        return response
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+# --- listings --------------------------------------------------------------------
+
+
+def _page_args(request: web.Request, default: int | None) -> tuple[int | None, str | None]:
+    raw_n = request.query.get("n")
+    n: int | None = default
+    if raw_n is not None and raw_n != "":
+        if not raw_n.isdigit() or len(raw_n) > 9:
+            raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results")
+        n = min(int(raw_n), MAX_PAGE)
+    last = request.query.get("last")
+    return n, (last or None)
+
+
+def _paginate(
+    items: list[str], request: web.Request, default: int | None
+) -> tuple[list[str], str | None]:
+    n, last = _page_args(request, default)
+    items = sorted(items)
+    if last is not None:
+        items = [item for item in items if item > last]
+    if n is None or len(items) <= n:
+        return items, None
+    page = items[:n]
+    if not page:
+        return page, None
+    link = f'<{request.path}?last={quote(page[-1], safe="")}&n={n}>; rel="next"'
+    return page, link
+
+
+async def tags(request: web.Request, name: str) -> web.StreamResponse:
+    mirror = _mirror(request)
+    repo = _repo(mirror, name)
+    page, link = _paginate(await mirror.tags(repo), request, None)
+    response = web.Response(
+        text=json.dumps({"name": name, "tags": page}), content_type="application/json"
+    )
+    if link:
+        response.headers["Link"] = link
+    return response
+
+
+async def catalog(request: web.Request) -> web.StreamResponse:
+    _read_only(request)
+    page, link = _paginate(await _mirror(request).catalog(), request, CATALOG_DEFAULT_PAGE)
+    response = web.Response(
+        text=json.dumps({"repositories": page}), content_type="application/json"
+    )
+    if link:
+        response.headers["Link"] = link
+    return response

@@ -1,0 +1,158 @@
+"""Zero-copy file → socket transfers for cache hits.
+
+uvloop has no ``loop.sendfile``. Instead of copying bytes through Python, one
+worker thread multiplexes every transfer in flight: it waits (``epoll``) until
+a client socket can take more, then calls ``os.sendfile`` for it. The event
+loop only hands a transfer over and awaits its completion, so neither disk
+reads nor copies ever run on the loop, and a slow client holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import selectors
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["SendfileReactor", "TransferError"]
+
+CHUNK: Final = 4 * 1024 * 1024
+STALL_TIMEOUT: Final = 300.0  # a client that takes nothing for this long is dropped
+
+
+class TransferError(ConnectionError):
+    """The client went away or stalled, or the file could not be read."""
+
+
+@dataclass(eq=False)
+class _Transfer:
+    sock_fd: int
+    file_fd: int
+    offset: int
+    remaining: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    last_progress: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+
+class SendfileReactor:
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._incoming: deque[_Transfer] = deque()
+        self._active: set[_Transfer] = set()
+        self._lock = threading.Lock()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="sendfile", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<SendfileReactor {len(self._active)} transfers>"
+
+    async def send(self, sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``file_fd`` from ``offset`` to the socket; raises
+        :class:`TransferError` if the client goes away or stalls."""
+        if count <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        transfer = _Transfer(os.dup(sock_fd), file_fd, offset, count, loop, loop.create_future())
+        with self._lock:
+            self._incoming.append(transfer)
+        self._wake()
+        try:
+            await asyncio.shield(transfer.future)
+        except asyncio.CancelledError:
+            transfer.cancelled = True
+            self._wake()
+            raise
+
+    def close(self) -> None:
+        self._running = False
+        self._wake()
+        self._thread.join(timeout=5)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        while self._running:
+            for key, _ in self._selector.select(timeout=1.0):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    self._admit()
+                else:
+                    self._advance(key.data)
+            self._reap()
+        for transfer in list(self._active) + list(self._incoming):
+            self._finish(transfer, TransferError("server shutting down"))
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _admit(self) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, deque()
+        for transfer in incoming:
+            self._active.add(transfer)
+            self._selector.register(transfer.sock_fd, selectors.EVENT_WRITE, transfer)
+            self._advance(transfer)
+
+    def _advance(self, transfer: _Transfer) -> None:
+        if transfer.cancelled:
+            self._finish(transfer, TransferError("cancelled"))
+            return
+        try:
+            sent = os.sendfile(
+                transfer.sock_fd,
+                transfer.file_fd,
+                transfer.offset,
+                min(CHUNK, transfer.remaining),
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(transfer, TransferError(exc.strerror or str(exc)))
+            return
+        if sent == 0:
+            self._finish(transfer, TransferError("file ended before the announced length"))
+            return
+        transfer.offset += sent
+        transfer.remaining -= sent
+        transfer.last_progress = time.monotonic()
+        if transfer.remaining == 0:
+            self._finish(transfer, None)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for transfer in list(self._active):
+            if transfer.cancelled:
+                self._finish(transfer, TransferError("cancelled"))
+            elif now - transfer.last_progress > STALL_TIMEOUT:
+                self._finish(transfer, TransferError("client stalled"))
+
+    def _finish(self, transfer: _Transfer, error: Exception | None) -> None:
+        if transfer in self._active:
+            self._active.discard(transfer)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(transfer.sock_fd)
+        os.close(transfer.sock_fd)
+
+        def resolve() -> None:
+            if transfer.future.done():
+                return
+            if error is None or transfer.cancelled:
+                transfer.future.set_result(None)
+            else:
+                transfer.future.set_exception(error)
+
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            transfer.loop.call_soon_threadsafe(resolve)

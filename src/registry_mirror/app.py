@@ -1,0 +1,110 @@
+"""The composition root: wires settings, store, index, upstream and routes into an app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+
+from registry_mirror.api import (
+    MIRROR_KEY,
+    SENDFILE_KEY,
+    SendfileReactor,
+    add_api_version,
+    error_middleware,
+    setup_routes,
+)
+from registry_mirror.config import Settings
+from registry_mirror.index import Index, SQLiteIndex
+from registry_mirror.mirror import Mirror
+from registry_mirror.storage import BlobStore, FilesystemBlobStore
+from registry_mirror.upstream import Upstream
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL: Final = 5.0
+USER_AGENT: Final = "registry-mirror/0.1"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: BlobStore | None = None,
+    index: Index | None = None,
+    upstream: Upstream | None = None,
+) -> web.Application:
+    """Build the application; the parts not given are built from ``settings``.
+
+    The HTTP client session, the index connection and the background flusher
+    live and die with the app (``cleanup_ctx``).
+    """
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    root = settings.root
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        nonlocal store, index, upstream
+        if store is None:
+            fs = FilesystemBlobStore(root)
+            await asyncio.to_thread(fs.prepare)
+            store = fs
+        removed = await store.clean_staging()
+        if removed:
+            log.info("removed %d unfinished downloads left by a previous run", removed)
+        if index is None:
+            index = SQLiteIndex(root / "index.db")
+        await index.open()
+        session: aiohttp.ClientSession | None = None
+        if upstream is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300),
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,
+                trust_env=False,
+            )
+            proxy = settings.proxy
+            upstream = Upstream(
+                proxy.remoteurl,
+                session,
+                username=proxy.username,
+                password=proxy.password.get_secret_value() if proxy.password else None,
+                connect_timeout=proxy.connect_timeout,
+                read_timeout=proxy.read_timeout,
+            )
+        mirror = Mirror(store, index, upstream, dockerhub=settings.proxy.is_dockerhub)
+        app[MIRROR_KEY] = mirror
+        reactor = SendfileReactor()
+        app[SENDFILE_KEY] = reactor
+        flusher = asyncio.create_task(_flush_forever(index))
+        log.info("mirroring %s, cache in %s", upstream.url, root)
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await mirror.close()
+            await asyncio.to_thread(reactor.close)
+            await index.close()
+            if session is not None:
+                await session.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(add_api_version)
+    setup_routes(app)
+    return app
+
+
+async def _flush_forever(index: Index) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        try:
+            await index.flush()
+        except Exception as exc:  # keep flushing later; never kill the server for it
+            log.error("could not record last use: %s", exc)

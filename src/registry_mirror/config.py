@@ -1,0 +1,338 @@
+"""The one typed settings object, built once in ``main()``.
+
+Sources, strongest first: command-line flags, ``REGISTRY_MIRROR_*`` environment
+variables, registry:2's ``REGISTRY_*`` environment variables, the YAML config
+file (registry:2's keys), defaults. Every leaf setting ``a.b_c`` has the flag
+``--a-b-c`` and the variable ``REGISTRY_MIRROR_A_B_C``; registry:2's variable
+for the same key is ``REGISTRY_A_B_C``.
+
+An unknown key, a bad value or a missing file raises :class:`ConfigError` with
+one line naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+
+__all__ = [
+    "COMPAT_KEYS",
+    "ConfigError",
+    "Settings",
+    "leaf_paths",
+    "load_settings",
+    "parse_duration",
+    "parse_size",
+]
+
+ENV_PREFIX: Final = "REGISTRY_MIRROR_"
+REGISTRY2_ENV_PREFIX: Final = "REGISTRY_"
+DOCKER_HUB: Final = "https://registry-1.docker.io"
+DOCKER_HUB_HOSTS: Final = frozenset(
+    {"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"}
+)
+
+# registry:2 keys accepted in a config file for drop-in compatibility that have no
+# effect on a pull-through mirror. Anything else unknown is an error.
+COMPAT_KEYS: Final = frozenset(
+    {
+        "version",
+        "log.fields",
+        "log.formatter",
+        "log.hooks",
+        "log.reportcaller",
+        "log.accesslog",
+        "loglevel",
+        "storage.cache",
+        "storage.delete",
+        "storage.maintenance",
+        "storage.redirect",
+        "storage.tag",
+        "http.headers",
+        "http.secret",
+        "http.debug",
+        "http.host",
+        "http.relativeurls",
+        "http.http2",
+        "http.draintimeout",
+        "http.prefix",
+        "health",
+        "notifications",
+        "redis",
+        "validation",
+        "compatibility",
+        "reporting",
+        "middleware",
+        "proxy.ttl",
+    }
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line for a person."""
+
+
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(value: object) -> int:
+    """``"50GiB"``, ``"500MB"``, ``"1024"`` or an int → bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"invalid size {value!r}")
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {value!r} (examples: 500MiB, 50GiB, 1TB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: object) -> float:
+    """``"30s"``, ``"5m"``, ``"1h30m"``, ``"30d"`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}")
+        return float(value)
+    text = str(value).strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return float(text)
+        raise ValueError(f"invalid duration {value!r} (examples: 30s, 5m, 1h30m, 30d)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(_Section):
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+class HTTPSettings(_Section):
+    addr: str = ":5000"
+    tls: TLSSettings = TLSSettings()
+
+
+def _check_url(value: object) -> object:
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"invalid URL {value!r} (expected http(s)://host[:port])")
+        if parts.path.strip("/") or parts.query:
+            raise ValueError(f"URL {value!r} must not have a path (the /v2/ API is implied)")
+    return value
+
+
+Url = Annotated[str, BeforeValidator(_check_url)]
+
+
+class ProxySettings(_Section):
+    remoteurl: Url = DOCKER_HUB
+    username: str | None = None
+    password: SecretStr | None = None
+    dockerhub: bool | None = None  # Docker Hub naming (library/); None: detect from the URL
+    connect_timeout: Duration = 10.0
+    read_timeout: Duration = 60.0
+
+    @property
+    def is_dockerhub(self) -> bool:
+        if self.dockerhub is not None:
+            return self.dockerhub
+        host = (urlsplit(self.remoteurl).hostname or "").lower()
+        return host in DOCKER_HUB_HOSTS
+
+
+class FilesystemSettings(_Section):
+    rootdirectory: Path | None = None
+
+
+class StorageSettings(_Section):
+    filesystem: FilesystemSettings = FilesystemSettings()
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "warn", "error"] = "info"
+
+
+class Settings(_Section):
+    """Everything the mirror can be told. Built by :func:`load_settings`."""
+
+    http: HTTPSettings = HTTPSettings()
+    proxy: ProxySettings = ProxySettings()
+    storage: StorageSettings = StorageSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def root(self) -> Path:
+        """The storage root: configured, else registry:2's path for root, else the user cache."""
+        configured = self.storage.filesystem.rootdirectory
+        if configured is not None:
+            return configured
+        if os.geteuid() == 0:
+            return Path("/var/lib/registry")
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "registry-mirror"
+
+    def listen(self) -> tuple[str, int]:
+        """``http.addr`` as (host, port); ``:5000`` means every interface."""
+        host, sep, port = self.http.addr.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"http.addr: invalid address {self.http.addr!r} (expected HOST:PORT)")
+        host = host.strip("[]")
+        return (host or "0.0.0.0", int(port))
+
+
+def leaf_paths(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[str]:
+    """Every settable key, dotted: ``http.addr``, ``storage.filesystem.rootdirectory``…"""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from leaf_paths(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def env_name(path: str, prefix: str = ENV_PREFIX) -> str:
+    return prefix + path.replace(".", "_").upper()
+
+
+def flag_name(path: str) -> str:
+    return "--" + path.replace(".", "-").replace("_", "-")
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> tuple[Settings, list[str]]:
+    """Layer the sources and validate once.
+
+    ``flags`` maps dotted keys to values given on the command line (only those
+    given). Returns the settings and the registry:2 keys that were accepted
+    but have no effect, for the caller to log.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    ignored: list[str] = []
+    known = set(leaf_paths())
+
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        for path, value in _flatten(_read_yaml(config_file)):
+            if path in known:
+                merged[path] = value
+                sources[path] = str(config_file)
+            elif _is_compat(path):
+                ignored.append(path)
+            else:
+                raise ConfigError(f"{config_file}: unknown key {path!r}")
+
+    for path in known:
+        name = env_name(path, REGISTRY2_ENV_PREFIX)
+        if name in environ and not name.startswith(ENV_PREFIX):
+            merged[path] = environ[name]
+            sources[path] = name
+    env_known = {env_name(path): path for path in known}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        if name not in env_known:
+            raise ConfigError(f"unknown environment variable {name}")
+        merged[env_known[name]] = value
+        sources[env_known[name]] = name
+
+    for path, value in (flags or {}).items():
+        if path not in known:
+            raise ConfigError(f"unknown setting {path!r}")
+        merged[path] = value
+        sources[path] = flag_name(path)
+
+    try:
+        settings = Settings.model_validate(_unflatten(merged))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = ".".join(str(p) for p in error["loc"])
+        where = f" (from {sources[path]})" if path in sources else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {message}{where}") from None
+    settings.listen()
+    return settings, ignored
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def _is_compat(path: str) -> bool:
+    return any(path == key or path.startswith(key + ".") for key in COMPAT_KEYS)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not _is_compat(path):
+            yield from _flatten(value, path + ".")
+        else:
+            yield path, value
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

@@ -1,0 +1,257 @@
+"""The embedded Index: SQLite in WAL mode, on one dedicated connection thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar
+
+from registry_mirror.index.base import IndexError_, ManifestRecord
+from registry_mirror.reference import Digest, parse_digest
+
+__all__ = ["SQLiteIndex"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS repositories (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    repo_id INTEGER NOT NULL REFERENCES repositories(id),
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (repo_id, tag)
+);
+CREATE TABLE IF NOT EXISTS manifests (
+    digest TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS manifest_refs (
+    manifest TEXT NOT NULL,
+    child TEXT NOT NULL,
+    PRIMARY KEY (manifest, child)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS repo_content (
+    repo_id INTEGER NOT NULL REFERENCES repositories(id),
+    digest TEXT NOT NULL,
+    PRIMARY KEY (repo_id, digest)
+);
+"""
+
+
+class SQLiteIndex:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
+        self._db: sqlite3.Connection | None = None
+        self._touched: dict[str, tuple[float, int]] = {}
+        self._tags: dict[tuple[str, str], str] = {}
+
+    def __repr__(self) -> str:
+        return f"<SQLiteIndex {self.path}>"
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise IndexError_("index is not open")
+            try:
+                with self._db:
+                    return fn(self._db)
+            except sqlite3.Error as exc:
+                raise IndexError_(f"index {self.path}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            try:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA busy_timeout=5000")
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    db.close()
+                    raise IndexError_(
+                        f"index {self.path} has schema {version}, newer than this version"
+                        f" understands ({SCHEMA_VERSION})"
+                    )
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.isolation_level = "DEFERRED"
+            except sqlite3.Error as exc:
+                raise IndexError_(f"cannot open index {self.path}: {exc}") from exc
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        await self.flush()
+
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
+
+    @staticmethod
+    def _repo_id(db: sqlite3.Connection, repo: str) -> int:
+        row = db.execute("SELECT id FROM repositories WHERE name = ?", (repo,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        cursor = db.execute(
+            "INSERT INTO repositories (name, created_at) VALUES (?, ?)", (repo, time.time())
+        )
+        return int(cursor.lastrowid or 0)
+
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        cached = self._tags.get((repo, tag))
+        if cached is not None:
+            return parse_digest(cached)
+
+        def get(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id"
+                " WHERE r.name = ? AND t.tag = ?",
+                (repo, tag),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        found = await self._run(get)
+        if found is None:
+            return None
+        self._tags[(repo, tag)] = found
+        return parse_digest(found)
+
+    async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        if self._tags.get((repo, tag)) == str(digest):
+            return  # unchanged: no write on the hot path
+
+        def put(db: sqlite3.Connection) -> None:
+            repo_id = self._repo_id(db, repo)
+            db.execute(
+                "INSERT INTO tags (repo_id, tag, digest, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (repo_id, tag) DO UPDATE SET digest = excluded.digest,"
+                " updated_at = excluded.updated_at",
+                (repo_id, tag, str(digest), time.time()),
+            )
+
+        await self._run(put)
+        self._tags[(repo, tag)] = str(digest)
+
+    async def delete_tag(self, repo: str, tag: str) -> None:
+        self._tags.pop((repo, tag), None)
+        await self._run(
+            lambda db: db.execute(
+                "DELETE FROM tags WHERE tag = ? AND repo_id ="
+                " (SELECT id FROM repositories WHERE name = ?)",
+                (tag, repo),
+            )
+        )
+
+    async def list_tags(self, repo: str) -> list[str]:
+        def get(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT t.tag FROM tags t JOIN repositories r ON r.id = t.repo_id"
+                " WHERE r.name = ? ORDER BY t.tag",
+                (repo,),
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._run(get)
+
+    async def put_manifest(
+        self, repo: str, record: ManifestRecord, references: list[Digest]
+    ) -> None:
+        def put(db: sqlite3.Connection) -> None:
+            now = time.time()
+            repo_id = self._repo_id(db, repo)
+            db.execute(
+                "INSERT OR REPLACE INTO manifests (digest, media_type, size) VALUES (?, ?, ?)",
+                (str(record.digest), record.media_type, record.size),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO blobs (digest, size, created_at, last_access)"
+                " VALUES (?, ?, ?, ?)",
+                (str(record.digest), record.size, now, now),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO manifest_refs (manifest, child) VALUES (?, ?)",
+                [(str(record.digest), str(ref)) for ref in references],
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
+                (repo_id, str(record.digest)),
+            )
+
+        await self._run(put)
+
+    async def get_manifest(self, digest: Digest) -> ManifestRecord | None:
+        def get(db: sqlite3.Connection) -> ManifestRecord | None:
+            row = db.execute(
+                "SELECT media_type, size FROM manifests WHERE digest = ?", (str(digest),)
+            ).fetchone()
+            return None if row is None else ManifestRecord(digest, str(row[0]), int(row[1]))
+
+        return await self._run(get)
+
+    async def put_blob(self, repo: str, digest: Digest, size: int) -> None:
+        def put(db: sqlite3.Connection) -> None:
+            now = time.time()
+            repo_id = self._repo_id(db, repo)
+            db.execute(
+                "INSERT OR IGNORE INTO blobs (digest, size, created_at, last_access)"
+                " VALUES (?, ?, ?, ?)",
+                (str(digest), size, now, now),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
+                (repo_id, str(digest)),
+            )
+
+        await self._run(put)
+
+    async def repositories(self) -> list[str]:
+        def get(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("SELECT name FROM repositories ORDER BY name").fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._run(get)
+
+    def touch(self, digest: Digest) -> None:
+        key = str(digest)
+        _, hits = self._touched.get(key, (0.0, 0))
+        self._touched[key] = (time.time(), hits + 1)
+
+    async def flush(self) -> None:
+        if not self._touched:
+            return
+        batch, self._touched = self._touched, {}
+        await self._run(
+            lambda db: db.executemany(
+                "UPDATE blobs SET last_access = MAX(last_access, ?), hits = hits + ?"
+                " WHERE digest = ?",
+                [(ts, hits, digest) for digest, (ts, hits) in batch.items()],
+            )
+        )

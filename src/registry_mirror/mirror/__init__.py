@@ -1,0 +1,15 @@
+"""The pull-through policy between the API and the stores/upstreams."""
+
+from registry_mirror.mirror.fill import BlobFill, FillFailed
+from registry_mirror.mirror.service import BlobSource, Manifest, ManifestUnacceptable, Mirror
+from registry_mirror.mirror.singleflight import SingleFlight
+
+__all__ = [
+    "BlobFill",
+    "BlobSource",
+    "FillFailed",
+    "Manifest",
+    "ManifestUnacceptable",
+    "Mirror",
+    "SingleFlight",
+]

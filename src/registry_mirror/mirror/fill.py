@@ -1,0 +1,210 @@
+"""A blob fill: one upstream download per digest, streamed to every waiting client.
+
+The fill runs as its own task, independent of the clients: it writes into a
+staged blob (hashing as it goes) and commits only when digest and size match.
+Clients — the first one included — read the staged bytes as they land, so time
+to first byte does not depend on the blob size, and a client that arrives late
+starts from the beginning of the file without a second download. If the fill
+fails, every follower's stream raises :class:`FillFailed` and their responses
+are aborted, never completed with bad data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+from registry_mirror.reference import Digest
+from registry_mirror.storage import BlobStore, DigestMismatch, StagedBlob, StorageError
+from registry_mirror.upstream import (
+    Upstream,
+    UpstreamDigestMismatch,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
+
+__all__ = ["BlobFill", "FillFailed"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS: Final = 3
+READ_CHUNK: Final = 256 * 1024
+
+
+class FillFailed(Exception):
+    """The download behind a stream failed after bytes were sent: abort the response."""
+
+
+class BlobFill:
+    def __init__(
+        self,
+        digest: Digest,
+        repo: str,
+        upstream: Upstream,
+        store: BlobStore,
+        on_commit: Callable[[str, Digest, int], Awaitable[None]],
+    ) -> None:
+        self.digest = digest
+        self.repo = repo
+        self._upstream = upstream
+        self._store = store
+        self._on_commit = on_commit
+        self._staged: StagedBlob | None = None
+        self.size: int | None = None
+        self.written = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self._answered = False  # upstream accepted the download: errors now abort streams
+        self._ready = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self.task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "failed" if self.error else "done" if self.done else "filling"
+        return f"<BlobFill {self.digest} via {self.repo}: {state} {self.written}/{self.size}>"
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.ensure_future(self._run())
+        return self.task
+
+    async def ready(self) -> int | None:
+        """Wait until upstream answered; the blob size if known. Raises the upstream error."""
+        await self._ready.wait()
+        if self.error is not None and not self._answered:
+            raise self.error
+        return self.size
+
+    async def _run(self) -> None:
+        try:
+            self._staged = staged = await self._store.begin_write()
+        except StorageError as exc:
+            await self._finish(exc)
+            return
+        try:
+            await self._download(staged)
+            info = await staged.commit(self.digest, self.size)
+            await self._on_commit(self.repo, self.digest, info.size)
+            log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.repo)
+            await self._finish(None)
+        except DigestMismatch as exc:
+            log.error("discarded %s from upstream: %s", self.digest, exc)
+            await self._finish(UpstreamDigestMismatch(str(exc)))
+        except (UpstreamError, StorageError) as exc:
+            log.warning("fill of %s failed: %s", self.digest, exc)
+            await staged.abort()
+            await self._finish(exc)
+        except BaseException as exc:
+            await staged.abort()
+            await self._finish(exc)
+            raise
+
+    async def _download(self, staged: StagedBlob) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                stream = await self._upstream.get_blob(self.repo, self.digest, self.written)
+            except UpstreamError as exc:
+                if self.written and isinstance(exc, UpstreamUnavailable) and attempt < MAX_ATTEMPTS:
+                    continue
+                raise
+            try:
+                if self.size is None:
+                    self.size = stream.size
+                elif stream.size is not None and stream.size != self.size:
+                    raise UpstreamProtocolError("blob size changed between attempts")
+                self._answered = True
+                self._ready.set()
+                skip = self.written - stream.offset  # >0 when a resume was answered with 200
+                async for received in stream.chunks():
+                    chunk = received
+                    if skip > 0:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    if self.size is not None and self.written + len(chunk) > self.size:
+                        raise UpstreamDigestMismatch(
+                            f"upstream sent more than the {self.size} bytes announced"
+                        )
+                    await staged.write(chunk)
+                    self.written += len(chunk)
+                    async with self._progress:
+                        self._progress.notify_all()
+            except UpstreamUnavailable as exc:
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+                log.info("resuming %s at %d after: %s", self.digest, self.written, exc)
+                continue
+            finally:
+                stream.close()
+            if self.size is None or self.written >= self.size:
+                return
+            if attempt >= MAX_ATTEMPTS:
+                raise UpstreamDigestMismatch(
+                    f"upstream ended {self.digest} at {self.written} of {self.size} bytes"
+                )
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done = True
+        self._ready.set()
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` as they arrive; raises FillFailed if the fill fails."""
+        staged = self._staged
+        if staged is None:
+            raise FillFailed(str(self.error or "fill did not start"))
+        try:
+            reader = staged.reader()
+        except StorageError as exc:
+            raise FillFailed(str(self.error or exc)) from exc
+        try:
+            offset = start
+            while end is None or offset < end:
+                if self.error is not None:
+                    raise FillFailed(str(self.error))
+                available = self.written
+                if offset < available:
+                    size = min(READ_CHUNK, available - offset)
+                    if end is not None:
+                        size = min(size, end - offset)
+                    chunk = await reader.read(offset, size)
+                    if not chunk:
+                        raise FillFailed("staged file shorter than written")
+                    offset += len(chunk)
+                    if offset in (end, self.size):
+                        # The last bytes of a response wait for the verdict on the digest:
+                        # a client never receives a complete response of unverified data.
+                        await self._wait_done()
+                        if self.error is not None:
+                            raise FillFailed(str(self.error))
+                    yield chunk
+                    continue
+                if self.done:
+                    if self.error is not None:
+                        raise FillFailed(str(self.error))
+                    return
+                await self._wait_progress(offset)
+        finally:
+            reader.close()
+
+    async def _wait_progress(self, offset: int) -> None:
+        def moved() -> bool:
+            return self.written > offset or self.done
+
+        async with self._progress:
+            await self._progress.wait_for(moved)
+
+    async def _wait_done(self) -> None:
+        def finished() -> bool:
+            return self.done
+
+        async with self._progress:
+            await self._progress.wait_for(finished)

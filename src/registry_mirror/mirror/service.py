@@ -1,0 +1,346 @@
+"""The pull-through policy: tag revalidation, single-flight fills, stale-if-error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from registry_mirror.index import Index, ManifestRecord
+from registry_mirror.media_types import (
+    INDEX_TYPES,
+    Accept,
+    ManifestParseError,
+    Platform,
+    parse_manifest,
+)
+from registry_mirror.mirror.fill import BlobFill
+from registry_mirror.mirror.singleflight import SingleFlight
+from registry_mirror.reference import Digest, RepoName, Tag
+from registry_mirror.storage import BlobStore, StorageError
+from registry_mirror.upstream import (
+    ManifestInfo,
+    Upstream,
+    UpstreamDigestMismatch,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror"]
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
+MANIFEST_MEMORY: Final = 8 * 1024 * 1024  # bytes of manifest bodies kept in memory
+STALE_LOG_INTERVAL: Final = 60.0
+DEFAULT_PLATFORM: Final = Platform("linux", "amd64")
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: Digest
+    media_type: str
+    size: int
+    body: bytes | None  # None for a HEAD answered from upstream headers alone
+    stale: bool = False  # served from cache because upstream could not be asked
+
+
+@dataclass(frozen=True, slots=True)
+class BlobSource:
+    """Where a blob's bytes come from: a committed file, or a fill in progress."""
+
+    digest: Digest
+    size: int | None
+    path: Path | None = None
+    fill: BlobFill | None = None
+
+
+class ManifestUnacceptable(Exception):
+    """The manifest exists, but in no form the client's ``Accept`` allows."""
+
+
+class _ManifestMemory:
+    """Manifest bodies by digest, LRU, bounded in bytes: digest requests never touch disk."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[Digest, tuple[str, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._limit = limit
+
+    def get(self, digest: Digest) -> tuple[str, bytes] | None:
+        item = self._items.get(digest)
+        if item is not None:
+            self._items.move_to_end(digest)
+        return item
+
+    def put(self, digest: Digest, media_type: str, body: bytes) -> None:
+        if digest in self._items or len(body) > self._limit // 4:
+            return
+        self._items[digest] = (media_type, body)
+        self._bytes += len(body)
+        while self._bytes > self._limit:
+            _, (_, old) = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+class Mirror:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        upstream: Upstream,
+        *,
+        default_platform: Platform = DEFAULT_PLATFORM,
+        dockerhub: bool = False,
+    ) -> None:
+        self.dockerhub = dockerhub
+        self.store = store
+        self.index = index
+        self.upstream = upstream
+        self.default_platform = default_platform
+        self._memory = _ManifestMemory(MANIFEST_MEMORY)
+        self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
+        self._manifest_fetches: SingleFlight[Digest, Manifest] = SingleFlight("manifest fetches")
+        self._fills: dict[Digest, BlobFill] = {}
+        self._stale_logged: dict[str, float] = {}
+        self.fills_started = 0
+
+    def __repr__(self) -> str:
+        return f"<Mirror {self.upstream!r} fills={len(self._fills)}>"
+
+    def canonical_repo(self, name: RepoName) -> str:
+        """The repository as upstream knows it: Docker Hub's ``alpine`` is ``library/alpine``."""
+        if self.dockerhub and "/" not in name.value:
+            return f"library/{name.value}"
+        return name.value
+
+    # --- manifests ------------------------------------------------------------
+
+    async def manifest(
+        self, repo: str, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
+    ) -> Manifest:
+        """The manifest to answer with, negotiated for ``accept``.
+
+        By tag: always asks upstream (HEAD) which digest the tag points at now;
+        on an upstream outage or rate limit, falls back to the last known mapping.
+        By digest: from the cache, upstream only on a miss.
+        """
+        if accept.only_schema1:
+            raise ManifestUnacceptable(
+                "only schema1 manifests accepted: this mirror serves schema2 and OCI manifests"
+            )
+        if isinstance(reference, Digest):
+            manifest = await self._by_digest(repo, reference)
+        else:
+            manifest = await self._by_tag(repo, reference.value, accept, need_body)
+        return await self._negotiate(repo, manifest, accept)
+
+    async def _by_tag(self, repo: str, tag: str, accept: Accept, need_body: bool) -> Manifest:
+        try:
+            info = await self._tag_checks.run(
+                (repo, tag), lambda: self.upstream.head_manifest(repo, tag)
+            )
+        except UpstreamNotFound:
+            await self.index.delete_tag(repo, tag)
+            raise
+        except (UpstreamUnavailable, UpstreamRateLimited) as exc:
+            stale = await self._stale_by_tag(repo, tag)
+            if stale is None:
+                raise
+            self._log_stale(repo, tag, exc)
+            return stale
+        if info.digest is None:
+            # An upstream that does not announce digests on HEAD: fetch by tag and hash.
+            return await self._fetch_manifest(repo, tag, None, tag=tag)
+        await self.index.set_tag(repo, tag, info.digest)
+        cached = await self._cached_manifest(info.digest)
+        if cached is not None:
+            return cached
+        answerable = accept.accepts(info.media_type) or accept.wildcard or not accept.types
+        if not need_body and info.media_type not in INDEX_TYPES and info.size and answerable:
+            return Manifest(info.digest, info.media_type, info.size, None)
+        return await self._by_digest(repo, info.digest, tag=tag)
+
+    async def _stale_by_tag(self, repo: str, tag: str) -> Manifest | None:
+        digest = await self.index.get_tag(repo, tag)
+        if digest is None:
+            return None
+        cached = await self._cached_manifest(digest)
+        if cached is None:
+            return None
+        return Manifest(cached.digest, cached.media_type, cached.size, cached.body, stale=True)
+
+    def _log_stale(self, repo: str, tag: str, exc: UpstreamError) -> None:
+        now = time.monotonic()
+        last = self._stale_logged.get(repo)
+        if last is None or now - last > STALE_LOG_INTERVAL:
+            if len(self._stale_logged) > 10_000:
+                self._stale_logged.clear()
+            self._stale_logged[repo] = now
+            log.warning("upstream unusable (%s); serving %s:%s from cache", exc, repo, tag)
+
+    async def _by_digest(self, repo: str, digest: Digest, tag: str | None = None) -> Manifest:
+        cached = await self._cached_manifest(digest)
+        if cached is not None:
+            return cached
+        return await self._manifest_fetches.run(
+            digest, lambda: self._fetch_manifest(repo, str(digest), digest, tag=tag)
+        )
+
+    async def _cached_manifest(self, digest: Digest) -> Manifest | None:
+        remembered = self._memory.get(digest)
+        if remembered is not None:
+            media_type, body = remembered
+            return Manifest(digest, media_type, len(body), body)
+        record = await self.index.get_manifest(digest)
+        if record is None:
+            return None
+        try:
+            stored = await self.store.read_all(digest, MAX_MANIFEST_SIZE)
+        except StorageError as exc:
+            log.error("cached manifest %s unreadable: %s", digest, exc)
+            return None
+        if stored is None or Digest.of(stored, digest.algorithm) != digest:
+            if stored is not None:
+                log.error("cached manifest %s is corrupt; fetching it again", digest)
+            return None
+        self._memory.put(digest, record.media_type, stored)
+        return Manifest(digest, record.media_type, len(stored), stored)
+
+    async def _fetch_manifest(
+        self, repo: str, reference: str, expected: Digest | None, *, tag: str | None
+    ) -> Manifest:
+        info, body = await self.upstream.get_manifest(repo, reference)
+        algorithm = expected.algorithm if expected else "sha256"
+        actual = Digest.of(body, algorithm)
+        if expected is not None and actual != expected:
+            raise UpstreamDigestMismatch(f"manifest {repo}@{expected} hashed to {actual}")
+        if (
+            expected is None
+            and info.digest is not None
+            and info.digest != Digest.of(body, info.digest.algorithm)
+        ):
+            raise UpstreamDigestMismatch(f"manifest {repo}:{reference} does not match its digest")
+        media_type = info.media_type
+        try:
+            parsed = parse_manifest(body, media_type)
+        except ManifestParseError as exc:
+            raise UpstreamProtocolError(f"manifest {repo}:{reference}: {exc}") from exc
+        media_type = parsed.media_type
+        if not media_type:
+            raise UpstreamProtocolError(f"manifest {repo}:{reference} has no media type")
+        await self._store_manifest(repo, actual, media_type, body, parsed.references)
+        if tag is not None:
+            await self.index.set_tag(repo, tag, actual)
+        return Manifest(actual, media_type, len(body), body)
+
+    async def _store_manifest(
+        self, repo: str, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
+    ) -> None:
+        self._memory.put(digest, media_type, body)
+        try:
+            staged = await self.store.begin_write()
+            try:
+                await staged.write(body)
+                await staged.commit(digest, len(body))
+            except BaseException:
+                await staged.abort()
+                raise
+            await self.index.put_manifest(repo, ManifestRecord(digest, media_type, len(body)), refs)
+        except StorageError as exc:
+            log.error("could not cache manifest %s: %s", digest, exc)
+
+    async def _negotiate(self, repo: str, manifest: Manifest, accept: Accept) -> Manifest:
+        if manifest.media_type not in INDEX_TYPES or accept.indexes:
+            return manifest
+        # A client that takes no index gets the default platform's image manifest.
+        body = manifest.body
+        if body is None:
+            manifest = await self._by_digest(repo, manifest.digest)
+            body = manifest.body
+        assert body is not None
+        try:
+            parsed = parse_manifest(body, manifest.media_type)
+        except ManifestParseError as exc:
+            raise UpstreamProtocolError(f"index {manifest.digest}: {exc}") from exc
+        child = parsed.child_for(self.default_platform)
+        if child is None:
+            raise ManifestUnacceptable(
+                f"the index has no {self.default_platform} manifest and the client accepts no index"
+            )
+        result = await self._by_digest(repo, child[0])
+        if result.media_type in INDEX_TYPES:
+            raise ManifestUnacceptable("nested index for the default platform")
+        return Manifest(
+            result.digest, result.media_type, result.size, result.body, stale=manifest.stale
+        )
+
+    # --- blobs ----------------------------------------------------------------
+
+    async def blob(self, repo: str, digest: Digest) -> BlobSource:
+        """A cache hit (a file) or a fill in progress; starts the fill on a miss."""
+        fill = self._fills.get(digest)
+        if fill is None:
+            info = await self.store.stat(digest)
+            if info is not None:
+                self.index.touch(digest)
+                return BlobSource(digest, info.size, path=self.store.local_path(digest))
+            fill = self._fills.get(digest)  # another request may have started one meanwhile
+            if fill is None:
+                # A fill forgets itself only after its commit: a second look at the store
+                # closes the window between the first look and the table.
+                info = await self.store.stat(digest)
+                if info is not None:
+                    self.index.touch(digest)
+                    return BlobSource(digest, info.size, path=self.store.local_path(digest))
+                fill = self._fills.get(digest)
+            if fill is None:
+                fill = BlobFill(digest, repo, self.upstream, self.store, self._blob_committed)
+                self._fills[digest] = fill
+                self.fills_started += 1
+                fill.start().add_done_callback(lambda _t: self._fills.pop(digest, None))
+        size = await fill.ready()
+        return BlobSource(digest, size, fill=fill)
+
+    async def _blob_committed(self, repo: str, digest: Digest, size: int) -> None:
+        await self.index.put_blob(repo, digest, size)
+
+    async def blob_size(self, repo: str, digest: Digest) -> int | None:
+        """For HEAD: the cached size, or upstream's answer to a HEAD (no download)."""
+        info = await self.store.stat(digest)
+        if info is not None:
+            return info.size
+        fill = self._fills.get(digest)
+        if fill is not None:
+            return await fill.ready()
+        return await self.upstream.head_blob(repo, digest)
+
+    # --- listings -------------------------------------------------------------
+
+    async def tags(self, repo: str) -> list[str]:
+        """Tags from upstream; the cached ones when upstream cannot be asked."""
+        try:
+            tags = await self.upstream.list_tags(repo)
+        except (UpstreamUnavailable, UpstreamRateLimited) as exc:
+            cached = await self.index.list_tags(repo)
+            if not cached:
+                raise
+            log.warning("upstream unusable (%s); listing cached tags of %s", exc, repo)
+            return cached
+        return sorted(set(tags))
+
+    async def catalog(self) -> list[str]:
+        return await self.index.repositories()
+
+    async def close(self) -> None:
+        tasks = [fill.task for fill in self._fills.values() if fill.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,265 @@
+"""BlobStore on a local filesystem.
+
+Layout (the only place it is spelled out)::
+
+    ROOT/blobs/sha256/ab/abcdef…   committed content, named by digest
+    ROOT/staging/<random>.part      writes in progress; removed at start
+
+A write goes to ``staging``, is hashed while it streams, fsynced, and renamed
+into ``blobs`` only when digest and size match. Every file operation runs in a
+worker thread; nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+from registry_mirror.reference import Digest, parse_digest
+from registry_mirror.storage.base import BlobInfo, DigestMismatch, StorageError
+
+__all__ = ["FilesystemBlobStore"]
+
+READ_CHUNK: Final = 1024 * 1024
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.staging_dir = root / "staging"
+
+    def path_for(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def prepare(self) -> None:
+        """Create the layout (blocking; called once at start, off the loop)."""
+        try:
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+            self.staging_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create storage under {self.root}: {exc.strerror}") from exc
+        if not os.access(self.staging_dir, os.W_OK):
+            raise StorageError(f"storage directory {self.root} is not writable")
+
+    async def stat(self, digest: Digest) -> BlobInfo | None:
+        try:
+            st = await asyncio.to_thread(os.stat, self.path_for(digest))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot stat {digest}: {exc.strerror}") from exc
+        return BlobInfo(digest, st.st_size)
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return self.path_for(digest)
+
+    async def open(
+        self, digest: Digest, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            fd = await asyncio.to_thread(os.open, self.path_for(digest), os.O_RDONLY)
+        except OSError as exc:
+            raise StorageError(f"cannot open {digest}: {exc.strerror}") from exc
+        try:
+            offset = start
+            while end is None or offset < end:
+                size = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
+                chunk = await asyncio.to_thread(os.pread, fd, size, offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    async def read_all(self, digest: Digest, limit: int) -> bytes | None:
+        def read() -> bytes | None:
+            try:
+                with open(self.path_for(digest), "rb") as f:
+                    data = f.read(limit + 1)
+            except FileNotFoundError:
+                return None
+            if len(data) > limit:
+                raise StorageError(f"{digest} is larger than {limit} bytes")
+            return data
+
+        try:
+            return await asyncio.to_thread(read)
+        except OSError as exc:
+            raise StorageError(f"cannot read {digest}: {exc.strerror}") from exc
+
+    async def begin_write(self) -> _FilesystemStagedBlob:
+        path = self.staging_dir / f"{secrets.token_hex(16)}.part"
+        try:
+            fd = await asyncio.to_thread(
+                os.open, path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise StorageError(f"cannot create a staging file: {exc.strerror}") from exc
+        return _FilesystemStagedBlob(self, path, fd)
+
+    async def delete(self, digest: Digest) -> bool:
+        try:
+            await asyncio.to_thread(os.unlink, self.path_for(digest))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot delete {digest}: {exc.strerror}") from exc
+        return True
+
+    async def iter_digests(self) -> AsyncIterator[Digest]:
+        def scan() -> list[Digest]:
+            found: list[Digest] = []
+            if not self.blobs_dir.is_dir():
+                return found
+            for algorithm in os.scandir(self.blobs_dir):
+                if not algorithm.is_dir():
+                    continue
+                for prefix in os.scandir(algorithm.path):
+                    if not prefix.is_dir():
+                        continue
+                    for entry in os.scandir(prefix.path):
+                        with contextlib.suppress(ValueError):
+                            found.append(parse_digest(f"{algorithm.name}:{entry.name}"))
+            return found
+
+        for digest in await asyncio.to_thread(scan):
+            yield digest
+
+    async def clean_staging(self) -> int:
+        def clean() -> int:
+            removed = 0
+            if not self.staging_dir.is_dir():
+                return 0
+            for entry in os.scandir(self.staging_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+            return removed
+
+        return await asyncio.to_thread(clean)
+
+
+class _FilesystemStagedBlob:
+    """A staging file: written and hashed in a worker thread, renamed on commit."""
+
+    def __init__(self, store: FilesystemBlobStore, path: Path, fd: int) -> None:
+        self._store = store
+        self._path = path
+        self._fd = fd
+        self._hashers: dict[str, hashlib._Hash] = {"sha256": hashlib.sha256()}
+        self._written = 0
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    def __repr__(self) -> str:
+        return f"<staged {self._path.name} {self._written} bytes>"
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise StorageError("write to a closed staging file")
+
+        def write() -> None:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            for hasher in self._hashers.values():
+                hasher.update(data)
+
+        async with self._lock:
+            try:
+                await asyncio.to_thread(write)
+            except OSError as exc:
+                raise StorageError(f"cannot write staging file: {exc.strerror}") from exc
+            self._written += len(data)
+
+    def reader(self) -> _StagingReader:
+        if self._closed:
+            raise StorageError("staging file already closed")
+        return _StagingReader(os.dup(self._fd))
+
+    async def commit(self, expected: Digest, size: int | None = None) -> BlobInfo:
+        async with self._lock:
+            if self._closed:
+                raise StorageError("commit of a closed staging file")
+            target = self._store.path_for(expected)
+
+            def finish() -> Digest:
+                if expected.algorithm not in self._hashers:
+                    # Not hashed while streaming (sha512 is rare): hash the file now.
+                    hasher = hashlib.new(expected.algorithm)
+                    offset = 0
+                    while chunk := os.pread(self._fd, READ_CHUNK, offset):
+                        hasher.update(chunk)
+                        offset += len(chunk)
+                else:
+                    hasher = self._hashers[expected.algorithm]
+                actual = Digest(expected.algorithm, hasher.hexdigest())
+                if actual != expected or (size is not None and size != self._written):
+                    return actual
+                os.fsync(self._fd)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._path, target)
+                dir_fd = os.open(target.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+                return actual
+
+            try:
+                actual = await asyncio.to_thread(finish)
+            except OSError as exc:
+                await self._discard()
+                raise StorageError(f"cannot commit {expected}: {exc.strerror}") from exc
+            if actual != expected or (size is not None and size != self._written):
+                await self._discard()
+                raise DigestMismatch(expected, actual, self._written, size)
+            self._closed = True
+            os.close(self._fd)
+            return BlobInfo(expected, self._written)
+
+    async def abort(self) -> None:
+        async with self._lock:
+            if not self._closed:
+                await self._discard()
+
+    async def _discard(self) -> None:
+        self._closed = True
+
+        def discard() -> None:
+            os.close(self._fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+
+        await asyncio.to_thread(discard)
+
+
+class _StagingReader:
+    """Its own descriptor on a staging file: valid after the rename or unlink."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def read(self, offset: int, size: int) -> bytes:
+        try:
+            return await asyncio.to_thread(os.pread, self._fd, size, offset)
+        except OSError as exc:
+            raise StorageError(f"cannot read staging file: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,25 @@
+"""Clients of upstream registries and their typed errors."""
+
+from registry_mirror.upstream.client import BlobStream, ManifestInfo, Upstream
+from registry_mirror.upstream.errors import (
+    UpstreamAuthFailed,
+    UpstreamDigestMismatch,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+__all__ = [
+    "BlobStream",
+    "ManifestInfo",
+    "Upstream",
+    "UpstreamAuthFailed",
+    "UpstreamDigestMismatch",
+    "UpstreamError",
+    "UpstreamNotFound",
+    "UpstreamProtocolError",
+    "UpstreamRateLimited",
+    "UpstreamUnavailable",
+]

@@ -1,0 +1,407 @@
+"""A client for one upstream registry: manifests, blobs, tags; auth and redirects inside.
+
+Every failure leaves as one of the typed errors of :mod:`upstream.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Final
+from urllib.parse import urlencode
+
+import aiohttp
+from yarl import URL
+
+from registry_mirror.media_types import MANIFEST_ACCEPT
+from registry_mirror.reference import Digest, parse_digest
+from registry_mirror.upstream.auth import Challenge, TokenCache, parse_challenge
+from registry_mirror.upstream.errors import (
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+__all__ = ["BlobStream", "ManifestInfo", "Upstream"]
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS: Final = 5
+MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024  # registry:2's limit
+MAX_TAG_PAGES: Final = 100
+MAX_TOKEN_RESPONSE: Final = 1024 * 1024
+BLOB_CHUNK: Final = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    """What a manifest HEAD (or GET) told: digest, media type, size."""
+
+    digest: Digest | None
+    media_type: str
+    size: int | None
+
+
+class BlobStream:
+    """An open upstream blob download. ``size`` is the full blob size if known;
+    ``offset`` is where the body starts (non-zero when a Range was honoured)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, size: int | None, offset: int) -> None:
+        self._response = response
+        self.size = size
+        self.offset = offset
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(BLOB_CHUNK):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(f"blob download interrupted: {_describe(exc)}") from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class Upstream:
+    """One upstream registry, e.g. ``https://registry-1.docker.io``."""
+
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        name: str = "default",
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self.url = URL(url.rstrip("/"))
+        self.name = name
+        self._session = session
+        self._basic = (
+            "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            if username is not None
+            else None
+        )
+        self._tokens = TokenCache()
+        self._uses_basic = False
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        )
+        self.ratelimit_remaining: str | None = None
+        self.ratelimit_limit: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Upstream {self.name} {self.url}>"
+
+    # --- the distribution API -------------------------------------------------
+
+    async def head_manifest(self, repo: str, reference: str) -> ManifestInfo:
+        response = await self._request(
+            "HEAD", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
+        )
+        response.release()
+        return _manifest_info(response)
+
+    async def get_manifest(self, repo: str, reference: str) -> tuple[ManifestInfo, bytes]:
+        response = await self._request(
+            "GET", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
+        )
+        try:
+            if response.content_length is not None and response.content_length > MAX_MANIFEST_SIZE:
+                raise UpstreamProtocolError(
+                    f"manifest {repo}:{reference} is larger than {MAX_MANIFEST_SIZE} bytes"
+                )
+            body = await _read_limited(response, MAX_MANIFEST_SIZE)
+        finally:
+            response.release()
+        info = _manifest_info(response)
+        return ManifestInfo(info.digest, info.media_type, len(body)), body
+
+    async def head_blob(self, repo: str, digest: Digest) -> int | None:
+        response = await self._request("HEAD", repo, f"blobs/{digest}", {})
+        response.release()
+        return response.content_length
+
+    async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
+        """Open a blob download from ``offset`` (following redirects to a CDN)."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = await self._request("GET", repo, f"blobs/{digest}", headers)
+        if response.status == 206:
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                response.close()
+                raise UpstreamProtocolError(f"asked for bytes from {offset}, got from {start}")
+            return BlobStream(response, total, start)
+        return BlobStream(response, response.content_length, 0)
+
+    async def list_tags(self, repo: str) -> list[str]:
+        tags: list[str] = []
+        path = "tags/list"
+        for _ in range(MAX_TAG_PAGES):
+            response = await self._request("GET", repo, path, {"Accept": "application/json"})
+            try:
+                body = await response.json(content_type=None)
+            except (ValueError, aiohttp.ClientError) as exc:
+                raise UpstreamProtocolError(f"unreadable tag list for {repo}") from exc
+            finally:
+                response.release()
+            page = body.get("tags") if isinstance(body, dict) else None
+            if page is not None and not (
+                isinstance(page, list) and all(isinstance(t, str) for t in page)
+            ):
+                raise UpstreamProtocolError(f"malformed tag list for {repo}")
+            tags.extend(page or [])
+            next_url = _next_link(response.headers.get("Link"))
+            if next_url is None:
+                return tags
+            path = "tags/list?" + (URL(next_url).query_string or "")
+        return tags
+
+    # --- transport, auth, redirects -------------------------------------------
+
+    def _url(self, repo: str, path: str) -> URL:
+        base = str(self.url) + f"/v2/{repo}/{path}"
+        return URL(base, encoded=True)
+
+    def _scope(self, repo: str) -> str:
+        return f"repository:{repo}:pull"
+
+    async def _request(
+        self, method: str, repo: str, path: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send with auth; on 401 authenticate once and retry; follow redirects.
+
+        Returns a 2xx response (the caller releases it) or raises a typed error.
+        """
+        scope = self._scope(repo)
+        url = self._url(repo, path)
+        renewed = False
+        while True:
+            response = await self._send_following(method, url, headers, self._auth_header(scope))
+            if response.status != 401:
+                break
+            challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+            response.release()
+            if renewed:
+                raise UpstreamAuthFailed(
+                    f"{self.name} refused the credentials for {repo}"
+                    if self._basic
+                    else f"{self.name} requires authentication for {repo}"
+                )
+            renewed = True
+            await self._authenticate(challenge, scope, repo)
+        self._note_ratelimit(response)
+        if 200 <= response.status < 300:
+            return response
+        response.release()
+        raise _status_error(response, f"{method} {repo}/{path}")
+
+    def _auth_header(self, scope: str) -> str | None:
+        token = self._tokens.get(scope)
+        if token is not None:
+            return f"Bearer {token}"
+        if self._uses_basic:
+            return self._basic
+        return None
+
+    async def _authenticate(self, challenge: Challenge | None, scope: str, repo: str) -> None:
+        if challenge is None:
+            raise UpstreamAuthFailed(f"{self.name} answered 401 without a usable challenge")
+        if challenge.scheme == "basic":
+            if self._basic is None:
+                raise UpstreamAuthFailed(f"{self.name} requires credentials for {repo}")
+            self._uses_basic = True
+            return
+        if challenge.scheme != "bearer" or not challenge.params.get("realm"):
+            raise UpstreamAuthFailed(f"{self.name} asked for unsupported auth {challenge.scheme}")
+        self._tokens.drop(scope)
+        await self._fetch_token(challenge, scope)
+
+    async def _fetch_token(self, challenge: Challenge, scope: str) -> None:
+        realm = URL(challenge.params["realm"])
+        if realm.scheme not in ("http", "https"):
+            raise UpstreamAuthFailed(f"{self.name} named a token realm that is not HTTP(S)")
+        query: dict[str, str] = {"scope": scope}
+        if "service" in challenge.params:
+            query["service"] = challenge.params["service"]
+        headers = {"Authorization": self._basic} if self._basic else {}
+        token_url = realm.with_query(urlencode(query))
+        try:
+            async with self._session.get(
+                token_url, headers=headers, timeout=self._timeout, allow_redirects=True
+            ) as response:
+                if response.status in (401, 403):
+                    raise UpstreamAuthFailed(
+                        f"{self.name}'s token service refused the credentials"
+                        if self._basic
+                        else f"{self.name}'s token service refused anonymous access"
+                    )
+                if response.status == 429:
+                    raise _status_error(response, "token request")
+                if response.status != 200:
+                    raise UpstreamUnavailable(
+                        f"{self.name}'s token service answered {response.status}"
+                    )
+                raw = await _read_limited(response, MAX_TOKEN_RESPONSE)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"{self.name}'s token service unreachable: {_describe(exc)}"
+            ) from exc
+        try:
+            body = json.loads(raw)
+            token = body.get("token") or body.get("access_token")
+            expires_in = float(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise UpstreamAuthFailed(
+                f"{self.name}'s token service sent an unreadable token"
+            ) from exc
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthFailed(f"{self.name}'s token service sent no token")
+        self._tokens.put(scope, token, max(expires_in, 1.0))
+
+    async def _send_following(
+        self, method: str, url: URL, headers: dict[str, str], auth: str | None
+    ) -> aiohttp.ClientResponse:
+        """One request, following redirects; ``Authorization`` goes only to the upstream host."""
+        for _ in range(MAX_REDIRECTS + 1):
+            send = dict(headers)
+            if auth is not None and _same_origin(url, self.url):
+                send["Authorization"] = auth
+            response = await self._send_once(method, url, send)
+            if response.status not in (301, 302, 303, 307, 308):
+                return response
+            location = response.headers.get("Location")
+            response.release()
+            if not location:
+                raise UpstreamProtocolError(f"redirect without a Location from {url.host}")
+            target = url.join(URL(location))
+            if target.scheme not in ("http", "https"):
+                raise UpstreamProtocolError(f"refused redirect to a {target.scheme!r} URL")
+            url = target
+        raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {self.name}")
+
+    async def _send_once(
+        self, method: str, url: URL, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send; a connection failure before any answer is retried once (idempotent reads)."""
+        for attempt in (1, 2):
+            try:
+                return await self._session.request(
+                    method, url, headers=headers, allow_redirects=False, timeout=self._timeout
+                )
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise UpstreamUnavailable(
+                        f"{self.name} unreachable ({url.host}): {_describe(exc)}"
+                    ) from exc
+                log.info("retrying %s %s after %s", method, url.path, _describe(exc))
+                await asyncio.sleep(0.2)
+            except aiohttp.ClientError as exc:
+                raise UpstreamProtocolError(f"{self.name}: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def _note_ratelimit(self, response: aiohttp.ClientResponse) -> None:
+        remaining = response.headers.get("ratelimit-remaining")
+        if remaining is not None and remaining != self.ratelimit_remaining:
+            self.ratelimit_remaining = remaining[:64]
+            self.ratelimit_limit = response.headers.get("ratelimit-limit", "")[:64] or None
+            log.info(
+                "%s rate limit: remaining %s (limit %s)",
+                self.name,
+                self.ratelimit_remaining,
+                self.ratelimit_limit,
+            )
+
+
+def _same_origin(a: URL, b: URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def _manifest_info(response: aiohttp.ClientResponse) -> ManifestInfo:
+    digest = None
+    raw = response.headers.get("Docker-Content-Digest")
+    if raw:
+        with contextlib.suppress(ValueError):
+            digest = parse_digest(raw.strip())
+    media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    return ManifestInfo(digest, media_type, response.content_length)
+
+
+def _status_error(response: aiohttp.ClientResponse, what: str) -> UpstreamError:
+    status = response.status
+    if status == 404:
+        return UpstreamNotFound(f"{what}: not found upstream")
+    if status == 429:
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        return UpstreamRateLimited(f"{what}: upstream rate limit reached", retry_after)
+    if status in (401, 403):
+        return UpstreamAuthFailed(f"{what}: upstream denied access ({status})")
+    if status >= 500:
+        return UpstreamUnavailable(f"{what}: upstream answered {status}")
+    return UpstreamProtocolError(f"{what}: upstream answered {status}")
+
+
+def _retry_after(value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value), 86400)
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        return max(0, min(86400, int(parsedate_to_datetime(value).timestamp() - time.time())))
+    return None
+
+
+def _content_range(value: str | None) -> tuple[int, int | None]:
+    """``bytes 100-199/1000`` → (100, 1000)."""
+    if value and value.startswith("bytes "):
+        span, _, total = value[6:].partition("/")
+        start, _, _ = span.partition("-")
+        if start.isdigit():
+            return int(start), int(total) if total.isdigit() else None
+    raise UpstreamProtocolError(f"unreadable Content-Range {value!r}")
+
+
+def _next_link(value: str | None) -> str | None:
+    """The target of ``Link: </v2/…?last=x&n=y>; rel="next"``."""
+    if not value:
+        return None
+    for part in value.split(","):
+        target, _, params = part.partition(";")
+        if "next" in params:
+            return target.strip().strip("<>")
+    return None
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                raise UpstreamProtocolError(f"upstream response larger than {limit} bytes")
+            chunks.append(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamUnavailable(f"upstream response interrupted: {_describe(exc)}") from exc
+    return b"".join(chunks)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
