@@ -105,11 +105,21 @@ async def manifest(request: web.Request, name: str, ref: str) -> web.StreamRespo
     if _etag_matches(request, found.digest):
         return web.Response(status=304, headers=headers)
     if head:
-        response = web.Response(headers=headers)
-        response.content_length = found.size
-        return response
+        return await _head(request, headers, found.size)
     assert found.body is not None
     return web.Response(body=found.body, headers=headers)
+
+
+async def _head(
+    request: web.Request, headers: dict[str, str], size: int | None
+) -> web.StreamResponse:
+    """A HEAD answer announcing the length of the body a GET would have."""
+    response = web.StreamResponse(headers=headers)
+    if size is not None:
+        response.content_length = size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 def _manifest_headers(found: Manifest) -> dict[str, str]:
@@ -149,11 +159,7 @@ async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     repo = _repo(mirror, name)
     headers = _blob_headers(digest)
     if request.method == "HEAD":
-        size = await mirror.blob_size(repo, digest)
-        head = web.Response(headers=headers)
-        if size is not None:
-            head.content_length = size
-        return head
+        return await _head(request, headers, await mirror.blob_size(repo, digest))
     if _etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
     source = await mirror.blob(repo, digest)

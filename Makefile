@@ -1,0 +1,37 @@
+# registry-mirror: `make run` starts the mirror with its defaults, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEBIAN_TOOLS := docker-registry skopeo podman containerd
+
+.PHONY: run test lint bench deps venv
+
+$(BIN)/registry-mirror: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/registry-mirror
+
+run: venv
+	$(BIN)/registry-mirror serve
+
+# The tests run real registries and clients: install Debian's packages when missing.
+deps:
+	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+test: venv deps lint
+	$(BIN)/python -m pytest -q
+
+bench: venv deps
+	$(BIN)/python bench/run.py

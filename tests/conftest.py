@@ -1,0 +1,54 @@
+"""Fixtures: a real upstream registry (Debian's docker-registry) and the real mirror process."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.mirror import MirrorProcess
+from tests.support.registry import RegistryProcess
+
+MirrorFactory = Callable[..., MirrorProcess]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = [tool for tool in ("docker-registry", "skopeo") if shutil.which(tool) is None]
+    if missing:  # CI installs them (make deps); a bare machine says so loudly instead of skipping
+        raise pytest.UsageError(f"missing tools {missing}: run `make deps` first")
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[RegistryProcess]:
+    """A real registry standing in for Docker Hub."""
+    with RegistryProcess(tmp_path / "upstream") as registry:
+        yield registry
+
+
+@pytest.fixture
+def mirror_factory(tmp_path: Path) -> Iterator[MirrorFactory]:
+    started: list[MirrorProcess] = []
+
+    def make(upstream: str | None, name: str = "mirror", **kwargs: object) -> MirrorProcess:
+        mirror = MirrorProcess(tmp_path / name, upstream, **kwargs)  # type: ignore[arg-type]
+        started.append(mirror)
+        return mirror.start()
+
+    yield make
+    for mirror in started:
+        mirror.stop()
+
+
+@pytest.fixture
+def mirror(upstream: RegistryProcess, mirror_factory: MirrorFactory) -> MirrorProcess:
+    """The mirror in front of ``upstream``, treating it as Docker Hub (``library/``)."""
+    return mirror_factory(upstream.url)
+
+
+@pytest.fixture
+def client(mirror: MirrorProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mirror.url, timeout=60, trust_env=False) as c:
+        yield c

@@ -1,0 +1,146 @@
+"""Run the mirror itself (``registry-mirror serve``) as a real process for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from .ports import free_port
+
+__all__ = ["MirrorError", "MirrorProcess", "mirror_binary"]
+
+
+class MirrorError(RuntimeError):
+    """The mirror failed to start or died."""
+
+
+def mirror_binary() -> str:
+    return str(Path(sys.executable).parent / "registry-mirror")
+
+
+class MirrorProcess:
+    """``registry-mirror serve`` on ``127.0.0.1:<free port>`` with its cache in ``root``.
+
+    ``args`` are extra command-line arguments; ``env`` extra environment variables.
+    The log (stderr) goes to ``root.parent / (root.name + ".log")``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        upstream: str | None,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        dockerhub: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.upstream = upstream
+        self.args = list(args or [])
+        self.env = dict(env or {})
+        self.dockerhub = dockerhub
+        self.port = free_port()
+        self.log_path = self.root.parent / f"{self.root.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def command(self) -> list[str]:
+        cmd = [mirror_binary(), "serve", "--addr", self.host, "--root", str(self.root)]
+        if self.upstream is not None:
+            cmd += ["--upstream", self.upstream]
+        cmd += ["--proxy-dockerhub", "true" if self.dockerhub else "false"]
+        return cmd + self.args
+
+    def start(self, timeout: float = 15.0) -> Self:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env.update(self.env)
+        self._proc = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise MirrorError(f"mirror exited with {self._proc.returncode}:\n{self.log()}")
+            if self._ping():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise MirrorError(f"mirror did not answer within {timeout}s:\n{self.log()}")
+
+    def _ping(self) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", "/v2/")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait; returns the exit status."""
+        code = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)
+                try:
+                    self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            code = self._proc.returncode
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the mirror can tell."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
