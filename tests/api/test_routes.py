@@ -67,8 +67,9 @@ def test_manifest_by_tag_headers(client: httpx.Client, oci: PushedImage) -> None
     assert head.content == b""
     for name in ("Content-Type", "Content-Length", "Docker-Content-Digest", "ETag"):
         assert head.headers[name] == response.headers[name]
-    by_digest = client.get(f"/v2/library/alpine/manifests/{oci.digest}",
-                           headers={"Accept": OCI_MANIFEST})
+    by_digest = client.get(
+        f"/v2/library/alpine/manifests/{oci.digest}", headers={"Accept": OCI_MANIFEST}
+    )
     assert by_digest.content == oci.manifest
     not_modified = client.get(
         f"/v2/library/alpine/manifests/{oci.digest}", headers={"If-None-Match": f'"{oci.digest}"'}
@@ -113,7 +114,11 @@ def test_index_negotiation(client: httpx.Client, upstream: RegistryProcess, medi
     assert separate.headers["Docker-Content-Digest"] == image.digest
 
     # No index type accepted: the linux/amd64 image manifest.
-    for accept in ([("Accept", image_type)], [("Accept", f"{OCI_MANIFEST}, {DOCKER_MANIFEST}")], []):
+    for accept in (
+        [("Accept", image_type)],
+        [("Accept", f"{OCI_MANIFEST}, {DOCKER_MANIFEST}")],
+        [],
+    ):
         only_images = client.get("/v2/library/multi/manifests/v1", headers=accept)
         assert only_images.status_code == 200, only_images.text
         assert only_images.headers["Docker-Content-Digest"] == amd64.digest
@@ -260,13 +265,16 @@ def test_tags_list_and_pagination(client: httpx.Client, upstream: RegistryProces
         client_up = httpx.Client(trust_env=False)
         client_up.put(
             f"{upstream.url}/v2/library/busybox/manifests/{tag}",
-            content=image.manifest, headers={"Content-Type": image.media_type},
+            content=image.manifest,
+            headers={"Content-Type": image.media_type},
         ).raise_for_status()
         client_up.close()
     full = client.get("/v2/library/busybox/tags/list")
     assert full.status_code == 200
-    assert full.json() == {"name": "library/busybox",
-                           "tags": ["1.0", "1.1", "1.2", "2.0", "latest"]}
+    assert full.json() == {
+        "name": "library/busybox",
+        "tags": ["1.0", "1.1", "1.2", "2.0", "latest"],
+    }
     page = client.get("/v2/library/busybox/tags/list", params={"n": 2})
     assert page.json()["tags"] == ["1.0", "1.1"]
     assert page.headers["Link"] == '</v2/library/busybox/tags/list?last=1.1&n=2>; rel="next"'
@@ -284,8 +292,12 @@ def test_catalog_lists_cached_repositories(client: httpx.Client, upstream: Regis
     assert client.get("/v2/_catalog").json() == {"repositories": []}
     for name in ("library/c", "library/a", "team/b"):
         push_image(upstream.url, name, "latest", layers=[500])
-        assert client.get(f"/v2/{name}/manifests/latest",
-                          headers={"Accept": MANIFEST_ACCEPT}).status_code == 200
+        assert (
+            client.get(
+                f"/v2/{name}/manifests/latest", headers={"Accept": MANIFEST_ACCEPT}
+            ).status_code
+            == 200
+        )
     everything = client.get("/v2/_catalog")
     assert everything.json() == {"repositories": ["library/a", "library/c", "team/b"]}
     first = client.get("/v2/_catalog", params={"n": 2})

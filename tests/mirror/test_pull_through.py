@@ -26,7 +26,11 @@ def skopeo_dir(host: str, ref: str, dest: Path, *, all_platforms: bool = False) 
         args.append("--all")
     proc = subprocess.run(
         [*args, f"docker://{host}/{ref}", f"dir:{dest}"],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return {p.name: p.read_bytes() for p in dest.iterdir() if p.name != "version"}
@@ -69,9 +73,12 @@ def test_sixteen_concurrent_cold_pulls_download_each_blob_once(
     image = push_image(upstream.url, "library/big", "v1", layers=[3_000_000, 6_000_000, 200_000])
     upstream.clear_log()
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(
-            lambda i: skopeo_dir(mirror.host, "library/big:v1", tmp_path / f"pull{i}"), range(16)
-        ))
+        results = list(
+            pool.map(
+                lambda i: skopeo_dir(mirror.host, "library/big:v1", tmp_path / f"pull{i}"),
+                range(16),
+            )
+        )
     for files in results:
         assert_same_image(files, image)
     for digest in image.blobs:
@@ -162,7 +169,9 @@ def test_concurrent_identical_requests_share_one_upstream_request(
 ) -> None:
     image = push_image(upstream.url, "library/hot", "1", layers=[5_000_000])
     digest = image.layer_digests[0]
-    path = "/v2/library/hot/manifests/1" if kind == "manifest" else f"/v2/library/hot/blobs/{digest}"
+    path = (
+        "/v2/library/hot/manifests/1" if kind == "manifest" else f"/v2/library/hot/blobs/{digest}"
+    )
     upstream.clear_log()
 
     def fetch(_: int) -> bytes:

@@ -77,7 +77,10 @@ class MirrorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env.update(self.env)
         self._proc = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
+            self.command(),
+            stdout=self._log,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
             env=env,
         )
         deadline = time.monotonic() + timeout
