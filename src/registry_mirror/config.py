@@ -210,7 +210,7 @@ class Settings(_Section):
     def listen(self) -> tuple[str, int]:
         """``http.addr`` as (host, port); ``:5000`` means every interface."""
         host, sep, port = self.http.addr.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"http.addr: invalid address {self.http.addr!r} (expected HOST:PORT)")
         host = host.strip("[]")
         return (host or "0.0.0.0", int(port))
