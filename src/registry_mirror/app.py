@@ -77,7 +77,13 @@ def create_app(
                 connect_timeout=proxy.connect_timeout,
                 read_timeout=proxy.read_timeout,
             )
-        mirror = Mirror(store, index, upstream, dockerhub=settings.proxy.is_dockerhub)
+        mirror = Mirror(
+            store,
+            index,
+            upstream,
+            dockerhub=settings.proxy.is_dockerhub,
+            registry_names=settings.proxy.registry_names,
+        )
         app[MIRROR_KEY] = mirror
         reactor = SendfileReactor()
         app[SENDFILE_KEY] = reactor

@@ -129,6 +129,13 @@ def parse_duration(value: object) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -165,6 +172,7 @@ class ProxySettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     dockerhub: bool | None = None  # Docker Hub naming (library/); None: detect from the URL
+    aliases: CommaList = []  # path prefixes that name this upstream: /v2/<alias>/<repo>/…
     connect_timeout: Duration = 10.0
     read_timeout: Duration = 60.0
 
@@ -174,6 +182,14 @@ class ProxySettings(_Section):
             return self.dockerhub
         host = (urlsplit(self.remoteurl).hostname or "").lower()
         return host in DOCKER_HUB_HOSTS
+
+    @property
+    def registry_names(self) -> frozenset[str]:
+        """Names clients use for this upstream: in ``?ns=`` and as a path prefix."""
+        names = {urlsplit(self.remoteurl).netloc.lower(), *self.aliases}
+        if self.is_dockerhub:
+            names |= {"docker.io", *DOCKER_HUB_HOSTS}
+        return frozenset(names)
 
 
 class FilesystemSettings(_Section):

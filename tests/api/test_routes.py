@@ -11,6 +11,7 @@ import json
 import httpx
 import pytest
 
+from tests.conftest import MirrorFactory
 from tests.support.images import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -315,3 +316,27 @@ def test_error_bodies_are_json_for_head_too(client: httpx.Client) -> None:
     body = client.get("/v2/library/alpine/manifests/-bad")
     assert json.loads(body.content)["errors"][0]["code"] == "TAG_INVALID"
     assert "Traceback" not in body.text
+
+
+def test_registry_prefix_alias_and_containerd_namespace(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory
+) -> None:
+    image = push_image(upstream.url, "library/alpine", "3.20", layers=[1000])
+    mirror = mirror_factory(upstream.url, name="aliased", args=["--proxy-aliases", "hub"])
+    with httpx.Client(base_url=mirror.url, trust_env=False, timeout=30) as client:
+        forms = [
+            "/v2/hub/library/alpine/manifests/3.20",
+            "/v2/hub/alpine/manifests/3.20",
+            "/v2/docker.io/library/alpine/manifests/3.20",
+            "/v2/library/alpine/manifests/3.20?ns=docker.io",
+            "/v2/alpine/manifests/3.20",
+        ]
+        for path in forms:
+            response = client.get(path, headers={"Accept": MANIFEST_ACCEPT})
+            assert response.status_code == 200, path
+            assert response.headers["Docker-Content-Digest"] == image.digest
+        upstream.clear_log()
+        other = client.get("/v2/library/alpine/manifests/3.20?ns=evil.example.com")
+        assert other.status_code == 404
+        assert error_codes(other) == ["NAME_UNKNOWN"]
+        assert upstream.requests() == []

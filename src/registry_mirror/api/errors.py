@@ -10,7 +10,7 @@ from typing import Final
 from aiohttp import web
 
 from registry_mirror.index import IndexError_
-from registry_mirror.mirror import ManifestUnacceptable
+from registry_mirror.mirror import ManifestUnacceptable, RegistryNotMirrored
 from registry_mirror.reference import InvalidReference
 from registry_mirror.storage import StorageError
 from registry_mirror.upstream import (
@@ -82,6 +82,8 @@ def translate(exc: BaseException, kind: str) -> RegistryError:
             return exc
         case InvalidReference():
             return RegistryError(400, exc.code, exc.message)
+        case RegistryNotMirrored():
+            return RegistryError(404, "NAME_UNKNOWN", str(exc))
         case ManifestUnacceptable():
             return RegistryError(404, "MANIFEST_UNKNOWN", str(exc))
         case UpstreamNotFound():

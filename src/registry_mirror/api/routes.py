@@ -87,8 +87,9 @@ def _mirror(request: web.Request) -> Mirror:
     return request.app[MIRROR_KEY]
 
 
-def _repo(mirror: Mirror, name: str) -> str:
-    return mirror.canonical_repo(parse_repo_name(name))
+def _repo(request: web.Request, name: str) -> str:
+    repo_name = parse_repo_name(name)
+    return _mirror(request).canonical_repo(repo_name, request.query.get("ns"))
 
 
 # --- manifests -------------------------------------------------------------------
@@ -97,7 +98,7 @@ def _repo(mirror: Mirror, name: str) -> str:
 async def manifest(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
     reference = parse_reference(ref)
-    repo = _repo(mirror, name)
+    repo = _repo(request, name)
     accept = Accept.parse(request.headers.getall("Accept", []))
     head = request.method == "HEAD"
     found = await mirror.manifest(repo, reference, accept, need_body=not head)
@@ -156,7 +157,7 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
 async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
     digest = parse_digest(ref)
-    repo = _repo(mirror, name)
+    repo = _repo(request, name)
     headers = _blob_headers(digest)
     if request.method == "HEAD":
         return await _head(request, headers, await mirror.blob_size(repo, digest))
@@ -286,7 +287,7 @@ def _paginate(
 
 async def tags(request: web.Request, name: str) -> web.StreamResponse:
     mirror = _mirror(request)
-    repo = _repo(mirror, name)
+    repo = _repo(request, name)
     page, link = _paginate(await mirror.tags(repo), request, None)
     response = web.Response(
         text=json.dumps({"name": name, "tags": page}), content_type="application/json"

@@ -1,7 +1,13 @@
 """The pull-through policy between the API and the stores/upstreams."""
 
 from registry_mirror.mirror.fill import BlobFill, FillFailed
-from registry_mirror.mirror.service import BlobSource, Manifest, ManifestUnacceptable, Mirror
+from registry_mirror.mirror.service import (
+    BlobSource,
+    Manifest,
+    ManifestUnacceptable,
+    Mirror,
+    RegistryNotMirrored,
+)
 from registry_mirror.mirror.singleflight import SingleFlight
 
 __all__ = [
@@ -11,5 +17,6 @@ __all__ = [
     "Manifest",
     "ManifestUnacceptable",
     "Mirror",
+    "RegistryNotMirrored",
     "SingleFlight",
 ]

@@ -33,7 +33,7 @@ from registry_mirror.upstream import (
     UpstreamUnavailable,
 )
 
-__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror"]
+__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror", "RegistryNotMirrored"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class BlobSource:
     size: int | None
     path: Path | None = None
     fill: BlobFill | None = None
+
+
+class RegistryNotMirrored(Exception):
+    """A client named a registry (``?ns=``) this mirror has no upstream for."""
 
 
 class ManifestUnacceptable(Exception):
@@ -99,8 +103,10 @@ class Mirror:
         *,
         default_platform: Platform = DEFAULT_PLATFORM,
         dockerhub: bool = False,
+        registry_names: frozenset[str] = frozenset(),
     ) -> None:
         self.dockerhub = dockerhub
+        self.registry_names = registry_names
         self.store = store
         self.index = index
         self.upstream = upstream
@@ -115,11 +121,22 @@ class Mirror:
     def __repr__(self) -> str:
         return f"<Mirror {self.upstream!r} fills={len(self._fills)}>"
 
-    def canonical_repo(self, name: RepoName) -> str:
-        """The repository as upstream knows it: Docker Hub's ``alpine`` is ``library/alpine``."""
-        if self.dockerhub and "/" not in name.value:
-            return f"library/{name.value}"
-        return name.value
+    def canonical_repo(self, name: RepoName, namespace: str | None = None) -> str:
+        """The repository as upstream knows it.
+
+        A leading registry name or alias (``/v2/hub/library/alpine``, what a registries.conf
+        mirror ``location = "mirror/hub"`` asks for) is dropped; containerd's ``?ns=`` must
+        name this upstream; Docker Hub's ``alpine`` is ``library/alpine``.
+        """
+        if namespace is not None and namespace.lower() not in self.registry_names:
+            raise RegistryNotMirrored(f"registry {namespace[:100]!r} is not mirrored here")
+        value = name.value
+        first, sep, rest = value.partition("/")
+        if sep and first in self.registry_names:
+            value = rest
+        if self.dockerhub and "/" not in value:
+            return f"library/{value}"
+        return value
 
     # --- manifests ------------------------------------------------------------
 
