@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
-from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
@@ -192,18 +191,21 @@ class Upstream:
         url = self._url(repo, path)
         renewed = False
         while True:
-            response = await self._send_following(method, url, headers, self._auth_header(scope))
+            auth = self._auth_header(scope)
+            response = await self._send_following(method, url, headers, auth)
             if response.status != 401:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             response.release()
-            if renewed:
+            # An anonymous attempt learns the challenge; a token refused is renewed once;
+            # refused Basic credentials, or a renewed token refused again, are final.
+            if renewed or (auth is not None and auth == self._basic):
                 raise UpstreamAuthFailed(
                     f"{self.name} refused the credentials for {repo}"
                     if self._basic
                     else f"{self.name} requires authentication for {repo}"
                 )
-            renewed = True
+            renewed = auth is not None
             await self._authenticate(challenge, scope, repo)
         self._note_ratelimit(response)
         if 200 <= response.status < 300:
@@ -240,7 +242,7 @@ class Upstream:
         if "service" in challenge.params:
             query["service"] = challenge.params["service"]
         headers = {"Authorization": self._basic} if self._basic else {}
-        token_url = realm.with_query(urlencode(query))
+        token_url = realm.update_query(query)
         try:
             async with self._session.get(
                 token_url, headers=headers, timeout=self._timeout, allow_redirects=True
