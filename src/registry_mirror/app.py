@@ -22,6 +22,7 @@ from registry_mirror.api import (
 from registry_mirror.config import Settings
 from registry_mirror.index import Index, SQLiteIndex
 from registry_mirror.mirror import Mirror
+from registry_mirror.mirror.eviction import StorageLimits
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
 from registry_mirror.upstream import Upstream
 
@@ -77,13 +78,16 @@ def create_app(
                 connect_timeout=proxy.connect_timeout,
                 read_timeout=proxy.read_timeout,
             )
+        storage = settings.storage
         mirror = Mirror(
             store,
             index,
             upstream,
             dockerhub=settings.proxy.is_dockerhub,
             registry_names=settings.proxy.registry_names,
+            limits=StorageLimits(storage.quota, storage.min_free, storage.max_idle),
         )
+        await mirror.start()
         app[MIRROR_KEY] = mirror
         reactor = SendfileReactor()
         app[SENDFILE_KEY] = reactor

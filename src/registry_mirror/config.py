@@ -198,6 +198,9 @@ class FilesystemSettings(_Section):
 
 class StorageSettings(_Section):
     filesystem: FilesystemSettings = FilesystemSettings()
+    quota: Size | None = None  # bytes on disk for the cache; LRU eviction above it
+    min_free: Size | None = None  # keep this much of the filesystem free
+    max_idle: Duration | None = None  # evict content not served for this long
 
 
 class LogSettings(_Section):

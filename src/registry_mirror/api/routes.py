@@ -182,9 +182,10 @@ async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     elif source.size is not None:
         response.content_length = source.size
     start, end = span if span is not None else (0, source.size)
-    if source.path is not None:
-        return await _send_file(request, response, source, start, end)
-    return await _send_fill(request, response, source, start, end)
+    with mirror.hold(digest):
+        if source.path is not None:
+            return await _send_file(request, response, source, start, end)
+        return await _send_live(request, response, source, start, end)
 
 
 async def _send_file(
@@ -229,18 +230,18 @@ def _split(request: web.Request) -> tuple[str, str]:
     return name, ref
 
 
-async def _send_fill(
+async def _send_live(
     request: web.Request,
     response: web.StreamResponse,
     source: BlobSource,
     start: int,
     end: int | None,
 ) -> web.StreamResponse:
-    """A miss: stream the bytes of the fill as they arrive; abort if it fails."""
-    assert source.fill is not None
+    """A miss: stream the bytes as they arrive from upstream; abort if it fails."""
+    assert source.live is not None
     await response.prepare(request)
     try:
-        async for chunk in source.fill.stream(start, end):
+        async for chunk in source.live.stream(start, end):
             await response.write(chunk)
     except FillFailed as exc:
         log.warning("aborting response for %s: %s", source.digest, exc)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from registry_mirror.reference import Digest
 
-__all__ = ["Index", "IndexError_", "ManifestRecord"]
+__all__ = ["CacheItem", "CacheSnapshot", "Index", "IndexError_", "ManifestRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +15,28 @@ class ManifestRecord:
     digest: Digest
     media_type: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheItem:
+    """One cached blob or manifest, as the index knows it."""
+
+    digest: str
+    size: int
+    created_at: float
+    last_access: float
+    hits: int
+    media_type: str | None  # set for manifests
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSnapshot:
+    """Everything the index knows, for eviction, ``ls``, ``du`` and ``verify``."""
+
+    items: dict[str, CacheItem]
+    refs: dict[str, list[str]]  # manifest digest → referenced digests
+    tags: list[tuple[str, str, str]]  # (repository, tag, digest)
+    content: dict[str, set[str]]  # repository → digests seen through it
 
 
 class IndexError_(Exception):
@@ -51,6 +73,12 @@ class Index(Protocol):
     async def put_blob(self, repo: str, digest: Digest, size: int) -> None: ...
 
     async def repositories(self) -> list[str]: ...
+
+    async def snapshot(self) -> CacheSnapshot: ...
+
+    async def remove(self, digests: list[str]) -> None:
+        """Forget content: rows, references, tags pointing at it, empty repositories."""
+        ...
 
     def touch(self, digest: Digest) -> None:
         """Note a cache hit (buffered)."""

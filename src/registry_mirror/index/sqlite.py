@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from registry_mirror.index.base import IndexError_, ManifestRecord
+from registry_mirror.index.base import CacheItem, CacheSnapshot, IndexError_, ManifestRecord
 from registry_mirror.reference import Digest, parse_digest
 
 __all__ = ["SQLiteIndex"]
@@ -238,6 +238,61 @@ class SQLiteIndex:
             return [str(row[0]) for row in rows]
 
         return await self._run(get)
+
+    async def snapshot(self) -> CacheSnapshot:
+        await self.flush()
+
+        def read(db: sqlite3.Connection) -> CacheSnapshot:
+            items = {
+                str(row[0]): CacheItem(
+                    str(row[0]), int(row[1]), float(row[2]), float(row[3]), int(row[4]), row[5]
+                )
+                for row in db.execute(
+                    "SELECT b.digest, b.size, b.created_at, b.last_access, b.hits, m.media_type"
+                    " FROM blobs b LEFT JOIN manifests m ON m.digest = b.digest"
+                )
+            }
+            refs: dict[str, list[str]] = {}
+            for manifest, child in db.execute("SELECT manifest, child FROM manifest_refs"):
+                refs.setdefault(str(manifest), []).append(str(child))
+            tags = [
+                (str(r[0]), str(r[1]), str(r[2]))
+                for r in db.execute(
+                    "SELECT r.name, t.tag, t.digest FROM tags t"
+                    " JOIN repositories r ON r.id = t.repo_id ORDER BY r.name, t.tag"
+                )
+            ]
+            content: dict[str, set[str]] = {}
+            for name, digest in db.execute(
+                "SELECT r.name, c.digest FROM repo_content c"
+                " JOIN repositories r ON r.id = c.repo_id"
+            ):
+                content.setdefault(str(name), set()).add(str(digest))
+            return CacheSnapshot(items, refs, tags, content)
+
+        return await self._run(read)
+
+    async def remove(self, digests: list[str]) -> None:
+        if not digests:
+            return
+        gone = set(digests)
+        self._tags = {key: value for key, value in self._tags.items() if value not in gone}
+        rows = [(digest,) for digest in digests]
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM tags WHERE digest = ?", rows)
+            db.executemany("DELETE FROM manifest_refs WHERE manifest = ?", rows)
+            db.executemany("DELETE FROM manifests WHERE digest = ?", rows)
+            db.executemany("DELETE FROM repo_content WHERE digest = ?", rows)
+            db.executemany("DELETE FROM blobs WHERE digest = ?", rows)
+            db.execute(
+                "DELETE FROM repositories WHERE id NOT IN (SELECT repo_id FROM tags)"
+                " AND id NOT IN (SELECT repo_id FROM repo_content)"
+            )
+
+        await self._run(delete)
+        for digest in digests:
+            self._touched.pop(digest, None)
 
     def touch(self, digest: Digest) -> None:
         key = str(digest)

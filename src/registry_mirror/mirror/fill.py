@@ -17,16 +17,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobStore, DigestMismatch, StagedBlob, StorageError
+from registry_mirror.storage import BlobInfo, BlobStore, DigestMismatch, StagedBlob, StorageError
 from registry_mirror.upstream import (
     Upstream,
     UpstreamDigestMismatch,
     UpstreamError,
+    UpstreamNotFound,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
 
-__all__ = ["BlobFill", "FillFailed"]
+__all__ = ["BlobFill", "FillFailed", "Uncacheable"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ class FillFailed(Exception):
     """The download behind a stream failed after bytes were sent: abort the response."""
 
 
+class Uncacheable(Exception):
+    """The store cannot take this blob now (disk full, I/O error): serve it uncached."""
+
+
 class BlobFill:
     def __init__(
         self,
@@ -45,7 +50,7 @@ class BlobFill:
         repo: str,
         upstream: Upstream,
         store: BlobStore,
-        on_commit: Callable[[str, Digest, int], Awaitable[None]],
+        on_commit: Callable[[str, Digest, BlobInfo], Awaitable[None]],
     ) -> None:
         self.digest = digest
         self.repo = repo
@@ -73,7 +78,7 @@ class BlobFill:
     async def ready(self) -> int | None:
         """Wait until upstream answered; the blob size if known. Raises the upstream error."""
         await self._ready.wait()
-        if self.error is not None and not self._answered:
+        if self.error is not None and (not self._answered or isinstance(self.error, Uncacheable)):
             raise self.error
         return self.size
 
@@ -81,19 +86,24 @@ class BlobFill:
         try:
             self._staged = staged = await self._store.begin_write()
         except StorageError as exc:
-            await self._finish(exc)
+            await self._finish(Uncacheable(str(exc)))
             return
         try:
             await self._download(staged)
             info = await staged.commit(self.digest, self.size)
-            await self._on_commit(self.repo, self.digest, info.size)
+            await self._on_commit(self.repo, self.digest, info)
             log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.repo)
             await self._finish(None)
         except DigestMismatch as exc:
             log.error("discarded %s from upstream: %s", self.digest, exc)
             await self._finish(UpstreamDigestMismatch(str(exc)))
-        except (UpstreamError, StorageError) as exc:
-            log.warning("fill of %s failed: %s", self.digest, exc)
+        except StorageError as exc:
+            await staged.abort()
+            # Nothing sent yet: the clients can still be served straight from upstream.
+            await self._finish(Uncacheable(str(exc)) if self.written == 0 else exc)
+        except UpstreamError as exc:
+            level = logging.INFO if isinstance(exc, UpstreamNotFound) else logging.WARNING
+            log.log(level, "fill of %s failed: %s", self.digest, exc)
             await staged.abort()
             await self._finish(exc)
         except BaseException as exc:
@@ -116,8 +126,6 @@ class BlobFill:
                     self.size = stream.size
                 elif stream.size is not None and stream.size != self.size:
                     raise UpstreamProtocolError("blob size changed between attempts")
-                self._answered = True
-                self._ready.set()
                 skip = self.written - stream.offset  # >0 when a resume was answered with 200
                 async for received in stream.chunks():
                     chunk = received
@@ -133,6 +141,7 @@ class BlobFill:
                         )
                     await staged.write(chunk)
                     self.written += len(chunk)
+                    self._answer()  # clients start once the first bytes are safely staged
                     async with self._progress:
                         self._progress.notify_all()
             except UpstreamUnavailable as exc:
@@ -143,11 +152,17 @@ class BlobFill:
             finally:
                 stream.close()
             if self.size is None or self.written >= self.size:
+                self._answer()
                 return
             if attempt >= MAX_ATTEMPTS:
                 raise UpstreamDigestMismatch(
                     f"upstream ended {self.digest} at {self.written} of {self.size} bytes"
                 )
+
+    def _answer(self) -> None:
+        if not self._answered:
+            self._answered = True
+            self._ready.set()
 
     async def _finish(self, error: BaseException | None) -> None:
         self.error = error

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from registry_mirror.index import Index, ManifestRecord
+from registry_mirror.index import Index, IndexError_, ManifestRecord
+from registry_mirror.logs import ThrottledLog
 from registry_mirror.media_types import (
     INDEX_TYPES,
     Accept,
@@ -18,10 +21,12 @@ from registry_mirror.media_types import (
     Platform,
     parse_manifest,
 )
-from registry_mirror.mirror.fill import BlobFill
+from registry_mirror.mirror.direct import DirectBlob
+from registry_mirror.mirror.eviction import Evictor, StorageLimits
+from registry_mirror.mirror.fill import BlobFill, Uncacheable
 from registry_mirror.mirror.singleflight import SingleFlight
 from registry_mirror.reference import Digest, RepoName, Tag
-from registry_mirror.storage import BlobStore, StorageError
+from registry_mirror.storage import BlobInfo, BlobStore, StorageError
 from registry_mirror.upstream import (
     ManifestInfo,
     Upstream,
@@ -54,12 +59,13 @@ class Manifest:
 
 @dataclass(frozen=True, slots=True)
 class BlobSource:
-    """Where a blob's bytes come from: a committed file, or a fill in progress."""
+    """Where a blob's bytes come from: a committed file, a fill in progress, or (when
+    the store cannot take it) a direct upstream download."""
 
     digest: Digest
     size: int | None
     path: Path | None = None
-    fill: BlobFill | None = None
+    live: BlobFill | DirectBlob | None = None
 
 
 class RegistryNotMirrored(Exception):
@@ -104,6 +110,7 @@ class Mirror:
         default_platform: Platform = DEFAULT_PLATFORM,
         dockerhub: bool = False,
         registry_names: frozenset[str] = frozenset(),
+        limits: StorageLimits | None = None,
     ) -> None:
         self.dockerhub = dockerhub
         self.registry_names = registry_names
@@ -117,6 +124,28 @@ class Mirror:
         self._fills: dict[Digest, BlobFill] = {}
         self._stale_logged: dict[str, float] = {}
         self.fills_started = 0
+        self._serving: Counter[str] = Counter()
+        self._storage_log = ThrottledLog(log)
+        self.evictor = Evictor(index, store, limits or StorageLimits(), self._in_use)
+
+    async def start(self) -> None:
+        await self.evictor.start()
+
+    def _in_use(self) -> list[str]:
+        """Digests being written or served right now: eviction leaves them alone."""
+        return [str(d) for d in self._fills] + list(self._serving)
+
+    @contextlib.contextmanager
+    def hold(self, digest: Digest) -> Iterator[None]:
+        """Mark a blob as being served for the duration."""
+        key = str(digest)
+        self._serving[key] += 1
+        try:
+            yield
+        finally:
+            self._serving[key] -= 1
+            if self._serving[key] <= 0:
+                del self._serving[key]
 
     def __repr__(self) -> str:
         return f"<Mirror {self.upstream!r} fills={len(self._fills)}>"
@@ -157,7 +186,11 @@ class Mirror:
             manifest = await self._by_digest(repo, reference)
         else:
             manifest = await self._by_tag(repo, reference.value, accept, need_body)
-        return await self._negotiate(repo, manifest, accept)
+        served = await self._negotiate(repo, manifest, accept)
+        self.index.touch(served.digest)
+        if served.digest != manifest.digest:
+            self.index.touch(manifest.digest)
+        return served
 
     async def _by_tag(self, repo: str, tag: str, accept: Accept, need_body: bool) -> Manifest:
         try:
@@ -266,13 +299,16 @@ class Mirror:
             staged = await self.store.begin_write()
             try:
                 await staged.write(body)
-                await staged.commit(digest, len(body))
+                info = await staged.commit(digest, len(body))
             except BaseException:
                 await staged.abort()
                 raise
             await self.index.put_manifest(repo, ManifestRecord(digest, media_type, len(body)), refs)
-        except StorageError as exc:
-            log.error("could not cache manifest %s: %s", digest, exc)
+            self.evictor.added(info.disk)
+        except (StorageError, IndexError_) as exc:
+            self._storage_log(
+                "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
+            )
 
     async def _negotiate(self, repo: str, manifest: Manifest, accept: Accept) -> Manifest:
         if manifest.media_type not in INDEX_TYPES or accept.indexes:
@@ -323,11 +359,24 @@ class Mirror:
                 self._fills[digest] = fill
                 self.fills_started += 1
                 fill.start().add_done_callback(lambda _t: self._fills.pop(digest, None))
-        size = await fill.ready()
-        return BlobSource(digest, size, fill=fill)
+        try:
+            size = await fill.ready()
+        except Uncacheable as exc:
+            self._storage_log(
+                "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
+            )
+            stream = await self.upstream.get_blob(repo, digest)
+            return BlobSource(digest, stream.size, live=DirectBlob(digest, stream))
+        return BlobSource(digest, size, live=fill)
 
-    async def _blob_committed(self, repo: str, digest: Digest, size: int) -> None:
-        await self.index.put_blob(repo, digest, size)
+    async def _blob_committed(self, repo: str, digest: Digest, info: BlobInfo) -> None:
+        try:
+            await self.index.put_blob(repo, digest, info.size)
+        except IndexError_:
+            # Never leave a file the index does not know of.
+            await self.store.delete(digest)
+            raise
+        self.evictor.added(info.disk)
 
     async def blob_size(self, repo: str, digest: Digest) -> int | None:
         """For HEAD: the cached size, or upstream's answer to a HEAD (no download)."""
@@ -357,6 +406,7 @@ class Mirror:
         return await self.index.repositories()
 
     async def close(self) -> None:
+        await self.evictor.stop()
         tasks = [fill.task for fill in self._fills.values() if fill.task is not None]
         for task in tasks:
             task.cancel()

@@ -23,6 +23,7 @@ __all__ = [
 class BlobInfo:
     digest: Digest
     size: int
+    disk: int = 0  # bytes allocated on disk, when the store knows
 
 
 class StorageError(Exception):
@@ -90,6 +91,18 @@ class BlobStore(Protocol):
     async def delete(self, digest: Digest) -> bool: ...
 
     def iter_digests(self) -> AsyncIterator[Digest]: ...
+
+    async def disk_usage(self) -> int:
+        """Bytes on disk of every committed blob (measured, not summed from the index)."""
+        ...
+
+    async def disk_sizes(self, digests: list[Digest]) -> dict[str, int]:
+        """Bytes on disk of these blobs (absent ones are left out)."""
+        ...
+
+    async def free_space(self) -> int | None:
+        """Bytes free for the store on its filesystem, if that means anything."""
+        ...
 
     async def clean_staging(self) -> int:
         """Remove leftovers of writes interrupted by a crash; returns how many."""

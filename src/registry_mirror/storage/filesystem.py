@@ -133,6 +133,37 @@ class FilesystemBlobStore:
         for digest in await asyncio.to_thread(scan):
             yield digest
 
+    async def disk_usage(self) -> int:
+        def measure() -> int:
+            total = 0
+            if not self.blobs_dir.is_dir():
+                return 0
+            for algorithm in os.scandir(self.blobs_dir):
+                for prefix in os.scandir(algorithm.path) if algorithm.is_dir() else ():
+                    for entry in os.scandir(prefix.path) if prefix.is_dir() else ():
+                        with contextlib.suppress(FileNotFoundError):
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+            return total
+
+        return await asyncio.to_thread(measure)
+
+    async def disk_sizes(self, digests: list[Digest]) -> dict[str, int]:
+        def measure() -> dict[str, int]:
+            sizes: dict[str, int] = {}
+            for digest in digests:
+                with contextlib.suppress(FileNotFoundError):
+                    sizes[str(digest)] = os.stat(self.path_for(digest)).st_blocks * 512
+            return sizes
+
+        return await asyncio.to_thread(measure)
+
+    async def free_space(self) -> int | None:
+        try:
+            st = await asyncio.to_thread(os.statvfs, self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     async def clean_staging(self) -> int:
         def clean() -> int:
             removed = 0
@@ -156,6 +187,7 @@ class _FilesystemStagedBlob:
         self._fd = fd
         self._hashers: dict[str, hashlib._Hash] = {"sha256": hashlib.sha256()}
         self._written = 0
+        self._disk = 0
         self._closed = False
         self._lock = asyncio.Lock()
 
@@ -210,6 +242,7 @@ class _FilesystemStagedBlob:
                 if actual != expected or (size is not None and size != self._written):
                     return actual
                 os.fsync(self._fd)
+                self._disk = os.fstat(self._fd).st_blocks * 512
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._path, target)
                 dir_fd = os.open(target.parent, os.O_RDONLY)
@@ -229,7 +262,7 @@ class _FilesystemStagedBlob:
                 raise DigestMismatch(expected, actual, self._written, size)
             self._closed = True
             os.close(self._fd)
-            return BlobInfo(expected, self._written)
+            return BlobInfo(expected, self._written, self._disk)
 
     async def abort(self) -> None:
         async with self._lock:

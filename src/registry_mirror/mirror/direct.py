@@ -1,0 +1,64 @@
+"""Serving a blob straight from upstream, uncached, when the store cannot take it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from registry_mirror.mirror.fill import FillFailed
+from registry_mirror.reference import Digest
+from registry_mirror.upstream import BlobStream, UpstreamError
+
+__all__ = ["DirectBlob"]
+
+
+class DirectBlob:
+    """One client's pass-through of an upstream download.
+
+    A whole-blob response is hashed on the way and its last chunk held back until the
+    digest and length check out, as for a fill: a client never completes a response of
+    bad data.
+    """
+
+    def __init__(self, digest: Digest, upstream: BlobStream) -> None:
+        self.digest = digest
+        self._upstream = upstream
+        self.size = upstream.size
+
+    def __repr__(self) -> str:
+        return f"<DirectBlob {self.digest} {self.size} bytes>"
+
+    async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        whole = start == 0 and end in (None, self.size)
+        hasher = self.digest.hasher() if whole else None
+        position = 0
+        held: bytes | None = None
+        try:
+            async for chunk in self._upstream.chunks():
+                piece = chunk
+                chunk_start = position
+                position += len(piece)
+                if hasher is not None:
+                    hasher.update(piece)
+                if position <= start:
+                    continue
+                if chunk_start < start:
+                    piece = piece[start - chunk_start :]
+                if end is not None and position > end:
+                    piece = piece[: len(piece) - (position - end)]
+                if held is not None:
+                    yield held
+                held = piece
+                if end is not None and position >= end:
+                    break
+        except UpstreamError as exc:
+            raise FillFailed(str(exc)) from exc
+        finally:
+            self._upstream.close()
+        if hasher is not None:
+            actual = Digest(self.digest.algorithm, hasher.hexdigest())
+            if actual != self.digest or (self.size is not None and position != self.size):
+                raise FillFailed(f"upstream content of {self.digest} hashed to {actual}")
+        elif end is not None and position < end:
+            raise FillFailed(f"upstream ended {self.digest} early")
+        if held is not None:
+            yield held

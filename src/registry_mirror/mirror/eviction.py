@@ -1,0 +1,244 @@
+"""Bounded storage: quota with LRU eviction, minimum free space, maximum idle time.
+
+The unit of eviction is an *image*: a top-level manifest (an index, or an image
+manifest no index references) with everything it references, or a lone blob that no
+manifest references. Images go least recently used first ("used" means served to a
+client). Content shared with an image that stays is kept. Within an image, manifests
+go before the blobs they reference, and the index row goes before the file, so the
+index never points at a missing file and no cached manifest loses its blobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from registry_mirror.index import CacheSnapshot, Index
+from registry_mirror.reference import parse_digest
+from registry_mirror.storage import BlobStore
+
+__all__ = ["EvictionPlan", "Evictor", "StorageLimits", "plan_eviction"]
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL: Final = 30.0
+LOW_WATERMARK: Final = 0.9  # evict down to 90 % of the quota
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLimits:
+    quota: int | None = None  # bytes on disk for the cache
+    min_free: int | None = None  # bytes to keep free on the filesystem
+    max_idle: float | None = None  # seconds without use before content goes
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.quota, self.min_free, self.max_idle))
+
+
+@dataclass(slots=True)
+class Image:
+    root: str
+    members: set[str]
+    last_use: float
+
+
+@dataclass(slots=True)
+class EvictionPlan:
+    """Digests to remove, in order, and the bytes that frees."""
+
+    digests: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    freed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.digests)
+
+
+def images_of(snapshot: CacheSnapshot) -> list[Image]:
+    """Group the cache into images, least recently used first."""
+    items = snapshot.items
+    referenced = {child for children in snapshot.refs.values() for child in children}
+    images: list[Image] = []
+    for digest in items:
+        if digest in referenced:
+            continue
+        members: set[str] = set()
+        stack = [digest]
+        while stack:
+            current = stack.pop()
+            if current in members or current not in items:
+                continue
+            members.add(current)
+            stack.extend(snapshot.refs.get(current, ()))
+        last_use = max(items[m].last_access for m in members)
+        images.append(Image(digest, members, last_use))
+    images.sort(key=lambda image: (image.last_use, image.root))
+    return images
+
+
+def plan_eviction(
+    snapshot: CacheSnapshot,
+    *,
+    need: int,
+    now: float,
+    max_idle: float | None = None,
+    protected: Collection[str] = (),
+    only: Callable[[Image], bool] | None = None,
+    sizes: dict[str, int] | None = None,
+) -> EvictionPlan:
+    """Choose images to evict: every image idle past ``max_idle``, then LRU images
+    until ``need`` bytes are freed. Images holding a ``protected`` digest (being served
+    or written) stay. ``sizes`` gives bytes on disk (defaults to the indexed sizes)."""
+    images = images_of(snapshot)
+    holders: dict[str, int] = {}
+    for image in images:
+        for member in image.members:
+            holders[member] = holders.get(member, 0) + 1
+    plan = EvictionPlan()
+    for image in images:
+        idle = max_idle is not None and now - image.last_use > max_idle
+        if plan.freed >= need and not idle:
+            continue
+        if only is not None and not only(image):
+            continue
+        if any(member in protected for member in image.members):
+            continue
+        plan.images.append(image.root)
+        freed_here: list[str] = []
+        for member in image.members:
+            holders[member] -= 1
+            if holders[member] == 0:
+                freed_here.append(member)
+        # Manifests first (the root before its children), then the blobs.
+        freed_here.sort(
+            key=lambda d: (
+                snapshot.items[d].media_type is None,
+                d != image.root,
+                d,
+            )
+        )
+        for digest in freed_here:
+            plan.digests.append(digest)
+            plan.freed += (sizes or {}).get(digest, snapshot.items[digest].size)
+    return plan
+
+
+async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> int:
+    """Remove planned content: index rows first, then files. Returns files removed."""
+    removed = 0
+    for start in range(0, len(plan.digests), 500):
+        batch = plan.digests[start : start + 500]
+        await index.remove(batch)
+        for digest in batch:
+            if await store.delete(parse_digest(digest)):
+                removed += 1
+    return removed
+
+
+class Evictor:
+    """Keeps the cache within its limits, in the background.
+
+    ``used`` is the bytes on disk of the committed blobs, measured from the filesystem
+    at start and kept up to date as content is added and removed.
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        store: BlobStore,
+        limits: StorageLimits,
+        in_use: Callable[[], Iterable[str]],
+    ) -> None:
+        self.index = index
+        self.store = store
+        self.limits = limits
+        self._in_use = in_use
+        self.used = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.evicted_bytes = 0
+        self.evicted_images = 0
+
+    def __repr__(self) -> str:
+        return f"<Evictor used={self.used} {self.limits}>"
+
+    async def start(self) -> None:
+        self.used = await self.store.disk_usage()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def added(self, nbytes: int) -> None:
+        self.used += nbytes
+        if self.limits.quota is not None and self.used > self.limits.quota:
+            self._wake.set()
+
+    def over_limit(self) -> bool:
+        return self.limits.quota is not None and self.used > self.limits.quota
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), CHECK_INTERVAL)
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except Exception as exc:  # never stop guarding the disk
+                log.error("eviction failed: %s", exc)
+
+    async def _need(self) -> int:
+        need = 0
+        quota = self.limits.quota
+        if quota is not None and self.used > quota:
+            need = max(need, self.used - int(quota * LOW_WATERMARK))
+        if self.limits.min_free is not None:
+            free = await self.store.free_space()
+            if free is not None and free < self.limits.min_free:
+                need = max(need, int(self.limits.min_free * 1.1) - free)
+        return need
+
+    async def run_once(self) -> EvictionPlan:
+        need = await self._need()
+        if need <= 0 and self.limits.max_idle is None:
+            return EvictionPlan()
+        snapshot = await self.index.snapshot()
+        plan = plan_eviction(
+            snapshot,
+            need=need,
+            now=time.time(),
+            max_idle=self.limits.max_idle,
+            protected=set(self._in_use()),
+        )
+        if not plan:
+            if need > 0:
+                log.warning("over the storage limit by %d bytes, nothing evictable", need)
+            return plan
+        sizes = await self.store.disk_sizes([parse_digest(d) for d in plan.digests])
+        removed = await apply_plan(plan, self.index, self.store)
+        freed = sum(sizes.values())
+        self.used = max(0, self.used - freed)
+        self.evicted_bytes += freed
+        self.evicted_images += len(plan.images)
+        log.info(
+            "evicted %d images (%d files, %d bytes on disk); cache now %d bytes",
+            len(plan.images),
+            removed,
+            freed,
+            self.used,
+        )
+        return plan
+
+
+def disk_bytes(st: os.stat_result) -> int:
+    """Bytes a file occupies on disk (allocated blocks), not its apparent length."""
+    return st.st_blocks * 512
