@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from registry_mirror.index.base import CacheItem, CacheSnapshot, IndexError_, Ma
 from registry_mirror.reference import Digest, parse_digest
 
 __all__ = ["SQLiteIndex"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -105,7 +108,10 @@ class SQLiteIndex:
     async def close(self) -> None:
         if self._db is None:
             return
-        await self.flush()
+        try:
+            await self.flush()
+        except IndexError_ as exc:
+            log.error("last-use times not saved: %s", exc)
 
         def close() -> None:
             if self._db is not None:

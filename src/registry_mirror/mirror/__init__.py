@@ -1,6 +1,7 @@
 """The pull-through policy between the API and the stores/upstreams."""
 
-from registry_mirror.mirror.fill import BlobFill, FillFailed
+from registry_mirror.mirror.errors import FillFailed
+from registry_mirror.mirror.fill import BlobFill
 from registry_mirror.mirror.service import (
     BlobSource,
     Manifest,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 
-from registry_mirror.mirror.fill import FillFailed
+from registry_mirror.mirror.errors import FillFailed
 from registry_mirror.reference import Digest
 from registry_mirror.upstream import BlobStream, UpstreamError
 
@@ -19,9 +20,14 @@ class DirectBlob:
     bad data.
     """
 
-    def __init__(self, digest: Digest, upstream: BlobStream) -> None:
+    def __init__(
+        self, digest: Digest, upstream: BlobStream, *, hasher: hashlib._Hash | None = None
+    ) -> None:
+        """``upstream`` may start past 0 (a resume); ``hasher`` then carries the hash of
+        the bytes before it, so that a whole-blob response is still verified."""
         self.digest = digest
         self._upstream = upstream
+        self._hasher = hasher
         self.size = upstream.size
 
     def __repr__(self) -> str:
@@ -29,8 +35,12 @@ class DirectBlob:
 
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         whole = start == 0 and end in (None, self.size)
-        hasher = self.digest.hasher() if whole else None
-        position = 0
+        position = self._upstream.offset
+        hasher = None
+        if whole:
+            hasher = self._hasher or (self.digest.hasher() if position == 0 else None)
+            if hasher is None:
+                raise FillFailed(f"cannot verify {self.digest} from offset {position}")
         held: bytes | None = None
         try:
             async for chunk in self._upstream.chunks():
@@ -54,7 +64,7 @@ class DirectBlob:
             raise FillFailed(str(exc)) from exc
         finally:
             self._upstream.close()
-        if hasher is not None:
+        if whole and hasher is not None:
             actual = Digest(self.digest.algorithm, hasher.hexdigest())
             if actual != self.digest or (self.size is not None and position != self.size):
                 raise FillFailed(f"upstream content of {self.digest} hashed to {actual}")

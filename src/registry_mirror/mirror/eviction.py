@@ -3,7 +3,8 @@
 The unit of eviction is an *image*: a top-level manifest (an index, or an image
 manifest no index references) with everything it references, or a lone blob that no
 manifest references. Images go least recently used first ("used" means served to a
-client). Content shared with an image that stays is kept. Within an image, manifests
+client, and a pull always asks for the manifests). Content shared with an image that
+stays is kept. Within an image, manifests
 go before the blobs they reference, and the index row goes before the file, so the
 index never points at a missing file and no cached manifest loses its blobs.
 """
@@ -77,7 +78,10 @@ def images_of(snapshot: CacheSnapshot) -> list[Image]:
                 continue
             members.add(current)
             stack.extend(snapshot.refs.get(current, ()))
-        last_use = max(items[m].last_access for m in members)
+        # An image is used when its manifests are served (every pull asks for them); a
+        # layer it shares with a newer image must not make it look recent.
+        manifests = [m for m in members if items[m].media_type is not None] or list(members)
+        last_use = max(items[m].last_access for m in manifests)
         images.append(Image(digest, members, last_use))
     images.sort(key=lambda image: (image.last_use, image.root))
     return images
@@ -155,7 +159,9 @@ class Evictor:
         store: BlobStore,
         limits: StorageLimits,
         in_use: Callable[[], Iterable[str]],
+        on_evict: Callable[[list[str]], None] | None = None,
     ) -> None:
+        self._on_evict = on_evict
         self.index = index
         self.store = store
         self.limits = limits
@@ -187,9 +193,12 @@ class Evictor:
         return self.limits.quota is not None and self.used > self.limits.quota
 
     async def _loop(self) -> None:
+        interval = CHECK_INTERVAL
+        if self.limits.max_idle is not None:
+            interval = max(0.5, min(interval, self.limits.max_idle / 2))
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CHECK_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             try:
                 await self.run_once()
@@ -225,6 +234,8 @@ class Evictor:
             return plan
         sizes = await self.store.disk_sizes([parse_digest(d) for d in plan.digests])
         removed = await apply_plan(plan, self.index, self.store)
+        if self._on_evict is not None:
+            self._on_evict(plan.digests)
         freed = sum(sizes.values())
         self.used = max(0, self.used - freed)
         self.evicted_bytes += freed

@@ -16,8 +16,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
+from registry_mirror.mirror.direct import DirectBlob
+from registry_mirror.mirror.errors import FillFailed, Uncacheable
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobInfo, BlobStore, DigestMismatch, StagedBlob, StorageError
+from registry_mirror.storage import (
+    BlobInfo,
+    BlobStore,
+    DigestMismatch,
+    StagedBlob,
+    StagedReader,
+    StorageError,
+)
 from registry_mirror.upstream import (
     Upstream,
     UpstreamDigestMismatch,
@@ -33,14 +42,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
 READ_CHUNK: Final = 256 * 1024
-
-
-class FillFailed(Exception):
-    """The download behind a stream failed after bytes were sent: abort the response."""
-
-
-class Uncacheable(Exception):
-    """The store cannot take this blob now (disk full, I/O error): serve it uncached."""
 
 
 class BlobFill:
@@ -172,7 +173,12 @@ class BlobFill:
             self._progress.notify_all()
 
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` as they arrive; raises FillFailed if the fill fails."""
+        """Bytes ``[start, end)`` as they arrive; raises FillFailed if the fill fails.
+
+        If the *store* fails mid-way (disk full), the client is not cut off: it goes on
+        straight from upstream where it stands, still verified when it takes the whole
+        blob (the bytes already sent are re-read from its handle on the staged file).
+        """
         staged = self._staged
         if staged is None:
             raise FillFailed(str(self.error or "fill did not start"))
@@ -180,35 +186,64 @@ class BlobFill:
             reader = staged.reader()
         except StorageError as exc:
             raise FillFailed(str(self.error or exc)) from exc
+        sent = start  # everything before this offset has been yielded
         try:
-            offset = start
-            while end is None or offset < end:
+            while end is None or sent < end:
                 if self.error is not None:
-                    raise FillFailed(str(self.error))
+                    break
                 available = self.written
-                if offset < available:
-                    size = min(READ_CHUNK, available - offset)
+                if sent < available:
+                    size = min(READ_CHUNK, available - sent)
                     if end is not None:
-                        size = min(size, end - offset)
-                    chunk = await reader.read(offset, size)
+                        size = min(size, end - sent)
+                    chunk = await reader.read(sent, size)
                     if not chunk:
                         raise FillFailed("staged file shorter than written")
-                    offset += len(chunk)
-                    if offset in (end, self.size):
+                    if sent + len(chunk) in (end, self.size):
                         # The last bytes of a response wait for the verdict on the digest:
                         # a client never receives a complete response of unverified data.
                         await self._wait_done()
                         if self.error is not None:
-                            raise FillFailed(str(self.error))
+                            break
+                    sent += len(chunk)
                     yield chunk
                     continue
                 if self.done:
-                    if self.error is not None:
-                        raise FillFailed(str(self.error))
-                    return
-                await self._wait_progress(offset)
+                    break
+                await self._wait_progress(sent)
+            else:
+                return
+            if self.error is None:
+                return
+            if not isinstance(self.error, StorageError):
+                raise FillFailed(str(self.error))
+            async for chunk in self._continue_direct(reader, start, sent, end):
+                yield chunk
         finally:
             reader.close()
+
+    async def _continue_direct(
+        self, reader: StagedReader, start: int, sent: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        """Go on from upstream at ``sent`` after the store failed under this fill."""
+        whole = start == 0 and end in (None, self.size)
+        hasher = None
+        if whole:
+            hasher = self.digest.hasher()
+            offset = 0
+            while offset < sent:
+                chunk = await reader.read(offset, min(READ_CHUNK, sent - offset))
+                if not chunk:
+                    raise FillFailed("staged file shorter than sent")
+                hasher.update(chunk)
+                offset += len(chunk)
+        try:
+            upstream = await self._upstream.get_blob(self.repo, self.digest, sent)
+        except UpstreamError as exc:
+            raise FillFailed(str(exc)) from exc
+        direct = DirectBlob(self.digest, upstream, hasher=hasher)
+        async for chunk in direct.stream(sent, end):
+            yield chunk
 
     async def _wait_progress(self, offset: int) -> None:
         def moved() -> bool:

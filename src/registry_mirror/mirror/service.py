@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -22,10 +22,11 @@ from registry_mirror.media_types import (
     parse_manifest,
 )
 from registry_mirror.mirror.direct import DirectBlob
+from registry_mirror.mirror.errors import Uncacheable
 from registry_mirror.mirror.eviction import Evictor, StorageLimits
-from registry_mirror.mirror.fill import BlobFill, Uncacheable
+from registry_mirror.mirror.fill import BlobFill
 from registry_mirror.mirror.singleflight import SingleFlight
-from registry_mirror.reference import Digest, RepoName, Tag
+from registry_mirror.reference import Digest, RepoName, Tag, parse_digest
 from registry_mirror.storage import BlobInfo, BlobStore, StorageError
 from registry_mirror.upstream import (
     ManifestInfo,
@@ -90,6 +91,12 @@ class _ManifestMemory:
             self._items.move_to_end(digest)
         return item
 
+    def discard(self, digests: list[str]) -> None:
+        for raw in digests:
+            item = self._items.pop(parse_digest(raw), None)
+            if item is not None:
+                self._bytes -= len(item[1])
+
     def put(self, digest: Digest, media_type: str, body: bytes) -> None:
         if digest in self._items or len(body) > self._limit // 4:
             return
@@ -126,7 +133,9 @@ class Mirror:
         self.fills_started = 0
         self._serving: Counter[str] = Counter()
         self._storage_log = ThrottledLog(log)
-        self.evictor = Evictor(index, store, limits or StorageLimits(), self._in_use)
+        self.evictor = Evictor(
+            index, store, limits or StorageLimits(), self._in_use, on_evict=self._memory.discard
+        )
 
     async def start(self) -> None:
         await self.evictor.start()
@@ -198,7 +207,7 @@ class Mirror:
                 (repo, tag), lambda: self.upstream.head_manifest(repo, tag)
             )
         except UpstreamNotFound:
-            await self.index.delete_tag(repo, tag)
+            await self._record(self.index.delete_tag(repo, tag))
             raise
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
             stale = await self._stale_by_tag(repo, tag)
@@ -209,7 +218,7 @@ class Mirror:
         if info.digest is None:
             # An upstream that does not announce digests on HEAD: fetch by tag and hash.
             return await self._fetch_manifest(repo, tag, None, tag=tag)
-        await self.index.set_tag(repo, tag, info.digest)
+        await self._record(self.index.set_tag(repo, tag, info.digest))
         cached = await self._cached_manifest(info.digest)
         if cached is not None:
             return cached
@@ -288,13 +297,12 @@ class Mirror:
             raise UpstreamProtocolError(f"manifest {repo}:{reference} has no media type")
         await self._store_manifest(repo, actual, media_type, body, parsed.references)
         if tag is not None:
-            await self.index.set_tag(repo, tag, actual)
+            await self._record(self.index.set_tag(repo, tag, actual))
         return Manifest(actual, media_type, len(body), body)
 
     async def _store_manifest(
         self, repo: str, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
     ) -> None:
-        self._memory.put(digest, media_type, body)
         try:
             staged = await self.store.begin_write()
             try:
@@ -305,6 +313,7 @@ class Mirror:
                 raise
             await self.index.put_manifest(repo, ManifestRecord(digest, media_type, len(body)), refs)
             self.evictor.added(info.disk)
+            self._memory.put(digest, media_type, body)
         except (StorageError, IndexError_) as exc:
             self._storage_log(
                 "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
@@ -370,13 +379,23 @@ class Mirror:
         return BlobSource(digest, size, live=fill)
 
     async def _blob_committed(self, repo: str, digest: Digest, info: BlobInfo) -> None:
-        try:
-            await self.index.put_blob(repo, digest, info.size)
-        except IndexError_:
-            # Never leave a file the index does not know of.
+        if await self._record(self.index.put_blob(repo, digest, info.size)):
+            self.evictor.added(info.disk)
+        else:
+            # Never leave a file the index does not know of; the clients still get
+            # their (verified) bytes, the blob is just not cached.
             await self.store.delete(digest)
-            raise
-        self.evictor.added(info.disk)
+
+    async def _record(self, write: Awaitable[None]) -> bool:
+        """An index write that must not fail the request (the disk may be full)."""
+        try:
+            await write
+        except IndexError_ as exc:
+            self._storage_log(
+                "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
+            )
+            return False
+        return True
 
     async def blob_size(self, repo: str, digest: Digest) -> int | None:
         """For HEAD: the cached size, or upstream's answer to a HEAD (no download)."""
