@@ -14,6 +14,7 @@ import uvloop
 from aiohttp import web
 
 from registry_mirror import __version__
+from registry_mirror import commands as commands_module
 from registry_mirror.app import create_app
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.index import IndexError_
@@ -31,28 +32,20 @@ ALIASES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="registry-mirror",
-        description="A pull-through cache for container registries.",
-    )
-    parser.add_argument("--version", action="version", version=f"registry-mirror {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the mirror (the default command)")
-    serve.add_argument(
-        "config", nargs="?", type=Path, help="YAML config file (registry:2's format)"
-    )
-    serve.add_argument(
+def _settings_options() -> argparse.ArgumentParser:
+    """The config file and every setting as a flag, shared by all commands."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
         "-c",
         "--config",
         dest="config_flag",
         type=Path,
         metavar="FILE",
-        help="YAML config file (same as the positional argument)",
+        help="YAML config file (registry:2's format)",
     )
-    settings_group = serve.add_argument_group("settings (each also REGISTRY_MIRROR_<KEY>)")
+    group = parent.add_argument_group("settings (each also REGISTRY_MIRROR_<KEY>)")
     for path in leaf_paths():
-        settings_group.add_argument(
+        group.add_argument(
             flag_name(path),
             *ALIASES.get(path, []),
             dest=f"set:{path}",
@@ -60,18 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"config key {path}",
         )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registry-mirror",
+        description="A pull-through cache for container registries.",
+    )
+    parser.add_argument("--version", action="version", version=f"registry-mirror {__version__}")
+    common = _settings_options()
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", parents=[common], help="run the mirror (the default)")
+    serve.add_argument(
+        "config", nargs="?", type=Path, help="YAML config file (registry:2's format)"
+    )
+    commands_module.add_commands(commands, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["serve", *argv]
     args = parser.parse_args(argv)
-    if args.command in (None, "serve"):
-        if args.command is None:
-            args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
-        return serve(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    config_file = args.config_flag or getattr(args, "config", None)
+    try:
+        settings, ignored = load_settings(flags=_flags(args), config_file=config_file)
+    except ConfigError as exc:
+        print(f"registry-mirror: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(settings, ignored)
+    return commands_module.run(args, settings)
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
@@ -82,13 +97,7 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def serve(args: argparse.Namespace) -> int:
-    config_file = args.config_flag or args.config
-    try:
-        settings, ignored = load_settings(flags=_flags(args), config_file=config_file)
-    except ConfigError as exc:
-        print(f"registry-mirror: {exc}", file=sys.stderr)
-        return 2
+def serve(settings: Settings, ignored: list[str]) -> int:
     _setup_logging(settings)
     for key in ignored:
         log.info("config key %s is accepted for registry:2 compatibility and has no effect", key)

@@ -1,0 +1,290 @@
+"""The operator commands: ``ls``, ``du``, ``prune``, ``verify``, ``warm``.
+
+Thin shells over :mod:`registry_mirror.ops`: arguments in, a table (or JSON) out,
+an exit status that scripts can use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from registry_mirror import ops
+from registry_mirror.config import Settings, parse_duration, parse_size
+from registry_mirror.index import IndexError_
+from registry_mirror.media_types import Platform
+from registry_mirror.storage import StorageError
+
+__all__ = ["add_commands", "run"]
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    ls = commands.add_parser("ls", parents=[common], help="cached repositories and tags")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    du = commands.add_parser("du", parents=[common], help="storage used, quota, free disk")
+    du.add_argument("--json", action="store_true", help="machine-readable output")
+    prune = commands.add_parser("prune", parents=[common], help="remove cached images")
+    prune.add_argument("repositories", nargs="*", metavar="REPO", help="only these repositories")
+    prune.add_argument("--dry-run", action="store_true", help="show what would go, remove nothing")
+    prune.add_argument("--older-than", metavar="AGE", help="not used for this long (e.g. 30d)")
+    prune.add_argument("--to-size", metavar="SIZE", help="LRU images until this size (20GiB)")
+    verify = commands.add_parser("verify", parents=[common], help="re-hash the whole cache")
+    verify.add_argument("--repair", action="store_true", help="remove what is unsound")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    warm = commands.add_parser("warm", parents=[common], help="pre-fetch images through a mirror")
+    warm.add_argument("images", nargs="*", metavar="IMAGE", help="e.g. alpine:3.20, ghcr.io/o/i:t")
+    warm.add_argument("-f", "--file", type=Path, help="a file of images, one per line")
+    warm.add_argument("--platform", help="e.g. linux/amd64,linux/arm64 (default: all)")
+    warm.add_argument("--mirror", help="the running mirror's URL (default: from http.addr)")
+    warm.add_argument("--concurrency", type=int, default=4, help="parallel downloads (4)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    handlers = {"ls": _ls, "du": _du, "prune": _prune, "verify": _verify, "warm": _warm}
+    try:
+        return handlers[args.command](args, settings)
+    except ops.CacheMissing as exc:
+        err.print(f"registry-mirror: {exc}", highlight=False)
+        return 2
+    except ValueError as exc:
+        err.print(f"registry-mirror {args.command}: {exc}", highlight=False)
+        return 2
+    except (IndexError_, StorageError, OSError) as exc:
+        err.print(f"registry-mirror {args.command}: {exc}", highlight=False)
+        return 1
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return uvloop.run(coro)
+
+
+def _when(ts: float) -> str:
+    if not ts:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+def _ls(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> list[ops.RepoTag]:
+        async with ops.Cache(settings.root) as cache:
+            return ops.list_tags(await cache.index.snapshot())
+
+    rows = _run(go())
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    table = Table(title=f"cached images in {settings.root}")
+    for column in ("repository", "tag", "digest", "size", "last use", "hits"):
+        table.add_column(column, justify="right" if column in ("size", "hits") else "left")
+    for r in rows:
+        size = _size(r.size) + ("" if r.complete else " (partial)")
+        table.add_row(r.repository, r.tag, r.digest[:19], size, _when(r.last_use), str(r.hits))
+    out.print(table)
+    return 0
+
+
+def _du(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> ops.UsageReport:
+        async with ops.Cache(settings.root) as cache:
+            return await ops.usage(cache)
+
+    report = _run(go())
+    quota = settings.storage.quota
+    if args.json:
+        document = {
+            **dataclasses.asdict(report),
+            "quota_bytes": quota,
+            "min_free_bytes": settings.storage.min_free,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    table = Table(title=f"storage of {settings.root}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    used = _size(report.disk_bytes)
+    if quota:
+        used += f" of {_size(quota)} quota ({100 * report.disk_bytes / quota:.0f} %)"
+    table.add_row("used on disk", used)
+    table.add_row(
+        "free on the filesystem",
+        _size(report.free_bytes)
+        + (f" (keep {_size(settings.storage.min_free)})" if settings.storage.min_free else ""),
+    )
+    table.add_row("content (indexed)", _size(report.indexed_bytes))
+    table.add_row("shared by several images", _size(report.shared_bytes))
+    table.add_row("unique to one image", _size(report.unique_bytes))
+    table.add_row("blobs / manifests", f"{report.blobs} / {report.manifests}")
+    table.add_row("repositories", str(report.repositories))
+    out.print(table)
+    return 0
+
+
+def _prune(args: argparse.Namespace, settings: Settings) -> int:
+    older_than = parse_duration(args.older_than) if args.older_than else None
+    to_size = parse_size(args.to_size) if args.to_size else None
+    if older_than is None and to_size is None and not args.repositories:
+        raise ValueError("say what to prune: --older-than AGE, --to-size SIZE and/or REPO…")
+
+    async def go() -> tuple[ops.EvictionPlan, int]:
+        async with ops.Cache(settings.root) as cache:
+            plan = await ops.plan_prune(
+                cache,
+                older_than=older_than,
+                to_size=to_size,
+                repositories=list(args.repositories),
+            )
+            removed = 0 if args.dry_run else await ops.prune(cache, plan)
+            return plan, removed
+
+    plan, removed = _run(go())
+    verb = "would remove" if args.dry_run else "removed"
+    out.print(
+        f"{verb} {len(plan.images)} images: {len(plan.digests)} files,"
+        f" {_size(plan.freed)} ({plan.freed} bytes)",
+        highlight=False,
+    )
+    for digest in plan.images:
+        out.print(f"  {digest}", highlight=False)
+    if not args.dry_run and removed != len(plan.digests):
+        out.print(f"({len(plan.digests) - removed} files were already gone)", highlight=False)
+    return 0
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(progress: Progress) -> tuple[list[ops.Problem], int]:
+        async with ops.Cache(settings.root) as cache:
+            snapshot = await cache.index.snapshot()
+            total = sum(item.size for item in snapshot.items.values())
+            task = progress.add_task("verifying", total=total)
+            return await ops.verify(
+                cache,
+                repair=args.repair,
+                progress=lambda n: progress.update(task, advance=n),
+            )
+
+    with _progress(disable=args.json) as progress:
+        problems, hashed = _run(go(progress))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "sound": not problems,
+                    "hashed_bytes": hashed,
+                    "repaired": args.repair,
+                    "problems": [dataclasses.asdict(p) for p in problems],
+                },
+                indent=2,
+            )
+        )
+        return 1 if problems else 0
+    if not problems:
+        out.print(f"sound: {_size(hashed)} re-hashed, no problem found", highlight=False)
+        return 0
+    table = Table(title=f"{len(problems)} problems" + (" (repaired)" if args.repair else ""))
+    for column in ("kind", "digest", "detail"):
+        table.add_column(column)
+    for p in problems:
+        table.add_row(p.kind, p.digest, p.detail)
+    out.print(table)
+    if not args.repair:
+        out.print("run with --repair to remove them (they are fetched again when asked)")
+    return 1
+
+
+def _warm(args: argparse.Namespace, settings: Settings) -> int:
+    images = list(args.images)
+    if args.file is not None:
+        lines = args.file.read_text().splitlines()
+        images += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not images:
+        raise ValueError("no images given (IMAGE… or -f FILE)")
+    platforms = (
+        [Platform.parse(p.strip()) for p in args.platform.split(",")] if args.platform else None
+    )
+    if args.concurrency < 1:
+        raise ValueError("--concurrency must be at least 1")
+    mirror = args.mirror
+    if mirror is None:
+        host, port = settings.listen()
+        mirror = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+    with _progress(disable=False) as progress:
+        task = progress.add_task(f"warming {len(images)} images", total=None)
+
+        def done(result: ops.WarmResult) -> None:
+            status = "[red]failed[/]" if result.error else "[green]ok[/]"
+            progress.console.print(f"{status} {result.image}", highlight=False)
+
+        results = _run(
+            ops.warm(
+                mirror,
+                images,
+                platforms=platforms,
+                concurrency=args.concurrency,
+                on_bytes=lambda n: progress.update(task, advance=n),
+                on_image=done,
+            )
+        )
+    table = Table(title=f"warmed through {mirror}")
+    for column in ("image", "platforms", "manifests", "blobs", "bytes", "result"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.image,
+            ",".join(r.platforms) or "-",
+            str(r.manifests),
+            str(r.blobs),
+            _size(r.bytes),
+            r.error or "ok",
+        )
+    out.print(table)
+    failed = sum(1 for r in results if r.error)
+    out.print(f"{len(results) - failed} of {len(results)} images warmed", highlight=False)
+    return 1 if failed else 0
+
+
+def _progress(*, disable: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=disable or not sys.stderr.isatty(),
+        transient=True,
+    )
