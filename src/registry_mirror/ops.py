@@ -7,7 +7,6 @@ make them safe to run beside a running server.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -31,8 +30,8 @@ from registry_mirror.storage import FilesystemBlobStore
 
 __all__ = [
     "Cache",
-    "EvictionPlan",
     "CacheMissing",
+    "EvictionPlan",
     "Problem",
     "RepoTag",
     "UsageReport",
@@ -205,7 +204,7 @@ async def verify(
             problems.append(Problem("missing", digest, "indexed but no file"))
             continue
         path = cache.store.path_for(parse_digest(digest))
-        ok, length = await asyncio.to_thread(_check_file, path, parse_digest(digest), progress)
+        ok, length = await cache.store.verify(parse_digest(digest), progress)
         hashed += length
         if not ok:
             problems.append(
@@ -242,20 +241,6 @@ async def verify(
     if repair and problems:
         await _repair(cache, problems)
     return problems, hashed
-
-
-def _check_file(
-    path: Path, digest: Digest, progress: Callable[[int], None] | None
-) -> tuple[bool, int]:
-    hasher = hashlib.new(digest.algorithm)
-    length = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            hasher.update(chunk)
-            length += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return hasher.hexdigest() == digest.hex, length
 
 
 async def _repair(cache: Cache, problems: list[Problem]) -> None:

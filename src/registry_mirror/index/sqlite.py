@@ -222,15 +222,17 @@ class SQLiteIndex:
 
         return await self._run(get)
 
-    async def put_blob(self, repo: str, digest: Digest, size: int) -> None:
+    async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None:
         def put(db: sqlite3.Connection) -> None:
             now = time.time()
-            repo_id = self._repo_id(db, repo)
             db.execute(
                 "INSERT OR IGNORE INTO blobs (digest, size, created_at, last_access)"
                 " VALUES (?, ?, ?, ?)",
                 (str(digest), size, now, now),
             )
+            if repo is None:
+                return
+            repo_id = self._repo_id(db, repo)
             db.execute(
                 "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
                 (repo_id, str(digest)),

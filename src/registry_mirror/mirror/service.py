@@ -132,6 +132,7 @@ class Mirror:
         self._stale_logged: dict[str, float] = {}
         self.fills_started = 0
         self._serving: Counter[str] = Counter()
+        self._reconciler: asyncio.Task[None] | None = None
         self._storage_log = ThrottledLog(log)
         self.evictor = Evictor(
             index, store, limits or StorageLimits(), self._in_use, on_evict=self._memory.discard
@@ -139,6 +140,31 @@ class Mirror:
 
     async def start(self) -> None:
         await self.evictor.start()
+        self._reconciler = asyncio.create_task(self._adopt_orphans())
+
+    async def _adopt_orphans(self) -> None:
+        """Files committed just before a crash, without their index row: verified and
+        indexed (so they are counted and evictable), or removed if damaged."""
+        try:
+            snapshot = await self.index.snapshot()
+            adopted = removed = 0
+            async for digest in self.store.iter_digests():
+                if str(digest) in snapshot.items or digest in self._fills:
+                    continue
+                ok, size = await self.store.verify(digest)
+                if ok and await self._record(self.index.put_blob(None, digest, size)):
+                    adopted += 1
+                else:
+                    await self.store.delete(digest)
+                    removed += 1
+            if adopted or removed:
+                log.info(
+                    "after an unclean stop: %d files indexed again, %d damaged removed",
+                    adopted,
+                    removed,
+                )
+        except (StorageError, IndexError_) as exc:
+            log.error("could not check the cache for unindexed files: %s", exc)
 
     def _in_use(self) -> list[str]:
         """Digests being written or served right now: eviction leaves them alone."""
@@ -426,6 +452,9 @@ class Mirror:
 
     async def close(self) -> None:
         await self.evictor.stop()
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
         tasks = [fill.task for fill in self._fills.values() if fill.task is not None]
         for task in tasks:
             task.cancel()

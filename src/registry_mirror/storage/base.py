@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -87,6 +87,12 @@ class BlobStore(Protocol):
         ...
 
     async def begin_write(self) -> StagedBlob: ...
+
+    async def verify(
+        self, digest: Digest, progress: Callable[[int], None] | None = None
+    ) -> tuple[bool, int]:
+        """Re-hash a committed blob: (content matches its digest, length read)."""
+        ...
 
     async def delete(self, digest: Digest) -> bool: ...
 

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
@@ -92,6 +92,27 @@ class FilesystemBlobStore:
 
         try:
             return await asyncio.to_thread(read)
+        except OSError as exc:
+            raise StorageError(f"cannot read {digest}: {exc.strerror}") from exc
+
+    async def verify(
+        self, digest: Digest, progress: Callable[[int], None] | None = None
+    ) -> tuple[bool, int]:
+        def check() -> tuple[bool, int]:
+            hasher = hashlib.new(digest.algorithm)
+            length = 0
+            with open(self.path_for(digest), "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    hasher.update(chunk)
+                    length += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            return hasher.hexdigest() == digest.hex, length
+
+        try:
+            return await asyncio.to_thread(check)
+        except FileNotFoundError:
+            return False, 0
         except OSError as exc:
             raise StorageError(f"cannot read {digest}: {exc.strerror}") from exc
 

@@ -1,0 +1,230 @@
+"""Podman pulling ``docker.io/...`` through the mirror, configured with a registries.conf mirror.
+
+Configuration (containers-registries.conf(5); ``/etc/containers/registries.conf``, or the file
+named by ``CONTAINERS_REGISTRIES_CONF``)::
+
+    [[registry]]
+    prefix = "docker.io"
+    location = "docker.io"
+    [[registry.mirror]]
+    location = "mirror.example:5000"
+    insecure = true          # the mirror speaks plain HTTP
+
+Then ``podman pull docker.io/library/alpine:3.20`` asks the mirror first and Docker Hub only if
+the mirror fails.  To keep several upstreams apart on one mirror, give the upstream an alias
+(``registry-mirror serve --proxy-aliases hub``) and name it in the mirror's location::
+
+    [[registry.mirror]]
+    location = "mirror.example:5000/hub"
+    insecure = true
+
+podman then asks for ``/v2/hub/library/alpine/...``.
+
+The tests run podman as root with everything in ``tmp_path``: ``--root``/``--runroot``/
+``--tmpdir``, ``--storage-driver vfs``, ``--cgroup-manager cgroupfs --events-backend file``,
+and ``HOME``, ``XDG_RUNTIME_DIR``, ``TMPDIR``, ``CONTAINERS_CONF``, ``CONTAINERS_STORAGE_CONF``
+pointing there.  (Only containers/image's blob-info cache, which root's podman and skopeo keep
+in ``/var/lib/containers/cache``, cannot be moved; it changes nothing about pulls.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MirrorFactory
+from tests.support.clients import mirror_access_lines, registries_conf, require_tools
+from tests.support.images import PushedImage, push_image, push_index, referenced_blobs
+from tests.support.mirror import MirrorProcess
+from tests.support.registry import RegistryProcess
+
+
+class Podman:
+    """``podman`` with its own storage, state, config and temp directories under ``workdir``."""
+
+    def __init__(self, binary: str, workdir: Path, runroot: Path, registries: str) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.runroot = runroot  # podman refuses a runroot longer than 50 characters
+        for sub in ("home", "run", "tmp"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        (workdir / "run").chmod(0o700)
+        self.registries_conf = workdir / "registries.conf"
+        self.registries_conf.write_text(registries)
+        (workdir / "containers.conf").write_text("")
+        (workdir / "storage.conf").write_text(
+            f'[storage]\ndriver = "vfs"\nrunroot = "{runroot}"\ngraphroot = "{workdir / "root"}"\n'
+        )
+
+    def env(self) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
+        return {
+            **keep,
+            "HOME": str(self.workdir / "home"),
+            "XDG_RUNTIME_DIR": str(self.workdir / "run"),
+            "TMPDIR": str(self.workdir / "tmp"),
+            "CONTAINERS_CONF": str(self.workdir / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(self.workdir / "storage.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf),
+        }
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        w = self.workdir
+        command = [
+            self.binary,
+            "--root",
+            str(w / "root"),
+            "--runroot",
+            str(self.runroot),
+            "--tmpdir",
+            str(w / "libpod"),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            *args,
+        ]
+        proc = subprocess.run(
+            command,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        assert proc.returncode == 0, f"{' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
+        return proc
+
+    def pull(self, ref: str, *options: str) -> str:
+        """``podman pull``; returns the image ID it printed."""
+        return self.run("pull", "--quiet", *options, ref).stdout.strip()
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        (info,) = json.loads(self.run("image", "inspect", ref).stdout)
+        assert isinstance(info, dict)
+        return info
+
+
+PodmanFactory = Callable[[Path, str], Podman]
+
+
+@pytest.fixture
+def make_podman() -> Iterator[PodmanFactory]:
+    """``make_podman(workdir, mirror_location)``: a podman using that registries.conf mirror."""
+    binary = require_tools("podman")["podman"]
+    runroots: list[Path] = []
+
+    def make(workdir: Path, mirror_location: str) -> Podman:
+        runroots.append(Path(tempfile.mkdtemp(prefix="podrun-", dir="/tmp")))
+        return Podman(binary, workdir, runroots[-1], registries_conf(mirror_location))
+
+    yield make
+    for runroot in runroots:
+        shutil.rmtree(runroot, ignore_errors=True)
+
+
+def assert_blobs_fetched_once(upstream: RegistryProcess, digests: list[str]) -> None:
+    for digest in digests:
+        assert upstream.count("GET", rf"/blobs/{digest}$") == 1, digest
+
+
+def test_podman_pulls_docker_io_through_registries_conf_mirror(
+    make_podman: PodmanFactory,
+    upstream: RegistryProcess,
+    mirror: MirrorProcess,
+    tmp_path: Path,
+) -> None:
+    image = push_image(upstream.url, "library/podapp", "1.0", layers=[300_000, 1_000_000], seed=11)
+    upstream.clear_log()
+    podman = make_podman(tmp_path / "podman", mirror.host)
+
+    image_id = podman.pull("docker.io/library/podapp:1.0")
+
+    assert image.config_digest is not None
+    assert image_id == image.config_digest.removeprefix("sha256:")
+    info = podman.inspect("docker.io/library/podapp:1.0")
+    assert info["Id"] == image_id
+    assert info["Digest"] == image.digest
+    assert f"docker.io/library/podapp@{image.digest}" in info["RepoDigests"]
+    assert info["RepoTags"] == ["docker.io/library/podapp:1.0"]
+    assert_blobs_fetched_once(upstream, list(image.blobs))
+    requests = mirror_access_lines(mirror.log())
+    assert ("GET", "/v2/library/podapp/manifests/1.0") in requests
+    for digest in image.blobs:
+        assert ("GET", f"/v2/library/podapp/blobs/{digest}") in requests
+
+    # Another machine (fresh storage) pulling the same tag: nothing downloaded upstream.
+    upstream.clear_log()
+    other = make_podman(tmp_path / "podman2", mirror.host)
+    assert other.pull("docker.io/library/podapp:1.0") == image_id
+    assert upstream.count("GET", r"/blobs/") == 0
+    assert upstream.count("GET", r"/manifests/") == 0
+    assert upstream.count("HEAD", r"^/v2/library/podapp/manifests/1\.0$") == 1
+
+
+def test_podman_mirror_location_with_alias_path(
+    make_podman: PodmanFactory,
+    upstream: RegistryProcess,
+    mirror_factory: MirrorFactory,
+    tmp_path: Path,
+) -> None:
+    image = push_image(upstream.url, "library/aliased", "2", layers=[200_000], seed=12)
+    mirror = mirror_factory(upstream.url, name="hub-mirror", args=["--proxy-aliases", "hub"])
+    upstream.clear_log()
+    podman = make_podman(tmp_path / "podman", f"{mirror.host}/hub")
+
+    image_id = podman.pull("docker.io/library/aliased:2")
+
+    assert image.config_digest is not None
+    assert image_id == image.config_digest.removeprefix("sha256:")
+    assert podman.inspect("docker.io/library/aliased:2")["Digest"] == image.digest
+    assert_blobs_fetched_once(upstream, list(image.blobs))
+    api = [(m, t) for m, t in mirror_access_lines(mirror.log()) if t.startswith("/v2/")]
+    assert ("GET", "/v2/hub/library/aliased/manifests/2") in api
+    for digest in image.blobs:
+        assert ("GET", f"/v2/hub/library/aliased/blobs/{digest}") in api
+    # Everything but the /v2/ ping was asked under the alias.
+    assert [t for _, t in api if t != "/v2/" and not t.startswith("/v2/hub/library/")] == []
+
+
+def test_podman_pulls_arm64_child_of_multi_platform_index(
+    make_podman: PodmanFactory,
+    upstream: RegistryProcess,
+    mirror: MirrorProcess,
+    tmp_path: Path,
+) -> None:
+    index: PushedImage = push_index(
+        upstream.url, "library/podmulti", "latest", layers=[100_000, 150_000], seed=13
+    )
+    arm = index.children["linux/arm64"]
+    amd = index.children["linux/amd64"]
+    arm_blobs = referenced_blobs(arm.manifest)
+    amd_only = set(referenced_blobs(amd.manifest)) - set(arm_blobs)
+    upstream.clear_log()
+    podman = make_podman(tmp_path / "podman", mirror.host)
+
+    image_id = podman.pull("docker.io/library/podmulti:latest", "--arch", "arm64")
+
+    assert image_id == arm_blobs[0].removeprefix("sha256:")  # the arm64 config
+    info = podman.inspect("docker.io/library/podmulti:latest")
+    assert info["Architecture"] == "arm64"
+    assert info["Os"] == "linux"
+    assert info["Digest"] == index.digest
+    assert f"docker.io/library/podmulti@{arm.digest}" in info["RepoDigests"]
+    assert_blobs_fetched_once(upstream, arm_blobs)
+    for digest in amd_only:
+        assert upstream.count("GET", rf"/blobs/{digest}$") == 0, digest
+    assert upstream.count("GET", rf"/manifests/{amd.digest}$") == 0
+    requests = mirror_access_lines(mirror.log())
+    assert ("GET", f"/v2/library/podmulti/manifests/{arm.digest}") in requests
