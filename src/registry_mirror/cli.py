@@ -15,6 +15,7 @@ from aiohttp import web
 
 from registry_mirror import __version__
 from registry_mirror import commands as commands_module
+from registry_mirror.api.access_log import AccessLogger
 from registry_mirror.app import create_app
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.index import IndexError_
@@ -126,7 +127,7 @@ async def _serve(settings: Settings) -> None:
     host, port = settings.listen()
     runner = web.AppRunner(
         app,
-        access_log_format='%a "%r" %s %b %Tfs "%{User-Agent}i"',
+        access_log_class=AccessLogger,
         handle_signals=False,
     )
     await runner.setup()

@@ -131,7 +131,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
-    except (ConnectionResetError, web.HTTPNotModified):
+    except (ConnectionError, web.HTTPNotModified):
         raise
     except Exception as exc:
         error = translate(exc, request.get("kind", ""))

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from registry_mirror.api.access_log import BODY_BYTES
 from registry_mirror.api.errors import RegistryError
 from registry_mirror.api.ranges import Unsatisfiable, parse_range
 from registry_mirror.api.sendfile import SendfileReactor
@@ -215,8 +216,9 @@ async def _send_file(
                 break
             await asyncio.sleep(0.005)
         await request.app[SENDFILE_KEY].send(sock.fileno(), fd, start, count)
+        request[BODY_BYTES] = count
         await response.write_eof()
-    except (ConnectionError, BrokenPipeError) as exc:
+    except ConnectionError as exc:
         log.debug("client went away during %s: %s", source.digest, exc)
         if request.transport is not None:
             request.transport.abort()
@@ -240,18 +242,20 @@ async def _send_live(
     """A miss: stream the bytes as they arrive from upstream; abort if it fails."""
     assert source.live is not None
     await response.prepare(request)
+    request[BODY_BYTES] = 0
     try:
         async for chunk in source.live.stream(start, end):
             await response.write(chunk)
+            request[BODY_BYTES] += len(chunk)
     except FillFailed as exc:
         log.warning("aborting response for %s: %s", source.digest, exc)
         if request.transport is not None:
             request.transport.abort()
         return response
-    except (ConnectionResetError, BrokenPipeError):
+    except ConnectionError:  # reset, broken pipe, or lost while paused for a slow client
         log.debug("client went away during %s", source.digest)
         return response
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response
 
