@@ -52,11 +52,11 @@ def test_ls_du_verify_repair_prune(upstream: RegistryProcess, mirror: MirrorProc
     listing = cli("ls", "--root", root, "--json")
     assert listing.returncode == 0, listing.stderr
     rows = {(r["repository"], r["tag"]): r for r in json.loads(listing.stdout)}
-    assert set(rows) == {("library/one", "1.0"), ("team/two", "latest")}
-    assert rows[("library/one", "1.0")]["digest"] == one.digest
+    assert set(rows) == {("docker.io/library/one", "1.0"), ("docker.io/team/two", "latest")}
+    assert rows[("docker.io/library/one", "1.0")]["digest"] == one.digest
     expected = len(one.manifest) + sum(len(b) for b in one.blobs.values())
-    assert rows[("library/one", "1.0")]["size"] == expected
-    assert rows[("library/one", "1.0")]["complete"]
+    assert rows[("docker.io/library/one", "1.0")]["size"] == expected
+    assert rows[("docker.io/library/one", "1.0")]["complete"]
     table = cli("ls", "--root", root)
     assert "library/one" in table.stdout and "team/two" in table.stdout
 
@@ -115,7 +115,7 @@ def test_ls_du_verify_repair_prune(upstream: RegistryProcess, mirror: MirrorProc
     assert not blob_path(mirror, one.layer_digests[1]).exists()
     assert blob_path(mirror, one.layer_digests[0]).exists()  # still used by team/two
     after = json.loads(cli("ls", "--root", root, "--json").stdout)
-    assert [(r["repository"], r["tag"]) for r in after] == [("team/two", "latest")]
+    assert [(r["repository"], r["tag"]) for r in after] == [("docker.io/team/two", "latest")]
     assert cli("prune", "--root", root, "--to-size", "0").returncode == 0
     assert json.loads(cli("ls", "--root", root, "--json").stdout) == []
     assert cli("verify", "--root", root).returncode == 0

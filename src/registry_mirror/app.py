@@ -21,7 +21,7 @@ from registry_mirror.api import (
 )
 from registry_mirror.config import Settings
 from registry_mirror.index import Index, SQLiteIndex
-from registry_mirror.mirror import Mirror
+from registry_mirror.mirror import Mirror, Router, UpstreamEntry
 from registry_mirror.mirror.eviction import StorageLimits
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
 from registry_mirror.upstream import Upstream
@@ -39,7 +39,7 @@ def create_app(
     *,
     store: BlobStore | None = None,
     index: Index | None = None,
-    upstream: Upstream | None = None,
+    router: Router | None = None,
 ) -> web.Application:
     """Build the application; the parts not given are built from ``settings``.
 
@@ -50,7 +50,7 @@ def create_app(
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        nonlocal store, index, upstream
+        nonlocal store, index, router
         if store is None:
             fs = FilesystemBlobStore(root)
             await asyncio.to_thread(fs.prepare)
@@ -62,29 +62,19 @@ def create_app(
             index = SQLiteIndex(root / "index.db")
         await index.open()
         session: aiohttp.ClientSession | None = None
-        if upstream is None:
+        if router is None:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300),
                 headers={"User-Agent": USER_AGENT},
                 auto_decompress=False,
                 trust_env=False,
             )
-            proxy = settings.proxy
-            upstream = Upstream(
-                proxy.remoteurl,
-                session,
-                username=proxy.username,
-                password=proxy.password.get_secret_value() if proxy.password else None,
-                connect_timeout=proxy.connect_timeout,
-                read_timeout=proxy.read_timeout,
-            )
+            router = build_router(settings, session)
         storage = settings.storage
         mirror = Mirror(
             store,
             index,
-            upstream,
-            dockerhub=settings.proxy.is_dockerhub,
-            registry_names=settings.proxy.registry_names,
+            router,
             limits=StorageLimits(storage.quota, storage.min_free, storage.max_idle),
         )
         await mirror.start()
@@ -92,7 +82,14 @@ def create_app(
         reactor = SendfileReactor()
         app[SENDFILE_KEY] = reactor
         flusher = asyncio.create_task(_flush_forever(index))
-        log.info("mirroring %s, cache in %s", upstream.url, root)
+        for entry in router.entries:
+            log.info(
+                "mirroring %s as %s%s",
+                entry.upstream.url,
+                entry.name,
+                " (default)" if entry is router.default else "",
+            )
+        log.info("cache in %s", root)
         try:
             yield
         finally:
@@ -109,6 +106,33 @@ def create_app(
     app.on_response_prepare.append(add_api_version)
     setup_routes(app)
     return app
+
+
+def build_router(settings: Settings, session: aiohttp.ClientSession) -> Router:
+    """One :class:`Upstream` per configured registry, all on one connection pool;
+    each has its own credentials and token cache, never shared."""
+    entries = []
+    for config in settings.all_upstreams():
+        upstream = Upstream(
+            config.base_url,
+            session,
+            name=config.registry_name,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+        )
+        entries.append(
+            UpstreamEntry(
+                config.registry_name,
+                upstream,
+                aliases=config.registry_names - {config.registry_name},
+                dockerhub=config.is_dockerhub,
+                allow=tuple(config.allow),
+                deny=tuple(config.deny),
+            )
+        )
+    return Router(entries, default=settings.proxy.registry_name)
 
 
 async def _flush_forever(index: Index) -> None:

@@ -37,7 +37,8 @@ __all__ = ["add_commands", "run"]
 
 T = TypeVar("T")
 
-out = Console()
+# Piped output is read by scripts and people alike: never wrap names in tables there.
+out = Console() if sys.stdout.isatty() else Console(width=240)
 err = Console(stderr=True)
 
 
@@ -109,7 +110,9 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     table = Table(title=f"cached images in {settings.root}")
     for column in ("repository", "tag", "digest", "size", "last use", "hits"):
-        table.add_column(column, justify="right" if column in ("size", "hits") else "left")
+        table.add_column(
+            column, justify="right" if column in ("size", "hits") else "left", no_wrap=True
+        )
     for r in rows:
         size = _size(r.size) + ("" if r.complete else " (partial)")
         table.add_row(r.repository, r.tag, r.digest[:19], size, _when(r.last_use), str(r.hits))

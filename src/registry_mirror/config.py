@@ -20,7 +20,14 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = [
     "COMPAT_KEYS",
@@ -167,29 +174,82 @@ def _check_url(value: object) -> object:
 Url = Annotated[str, BeforeValidator(_check_url)]
 
 
-class ProxySettings(_Section):
-    remoteurl: Url = DOCKER_HUB
+class _UpstreamCommon(_Section):
     username: str | None = None
     password: SecretStr | None = None
     dockerhub: bool | None = None  # Docker Hub naming (library/); None: detect from the URL
-    aliases: CommaList = []  # path prefixes that name this upstream: /v2/<alias>/<repo>/…
+    aliases: CommaList = []  # more names for it, as path prefixes: /v2/<alias>/<repo>/…
+    allow: CommaList = []  # repository globs that may be pulled (empty: all)
+    deny: CommaList = []  # repository globs that may not
     connect_timeout: Duration = 10.0
     read_timeout: Duration = 60.0
+
+    @property
+    def base_url(self) -> str:
+        raise NotImplementedError
 
     @property
     def is_dockerhub(self) -> bool:
         if self.dockerhub is not None:
             return self.dockerhub
-        host = (urlsplit(self.remoteurl).hostname or "").lower()
+        host = (urlsplit(self.base_url).hostname or "").lower()
         return host in DOCKER_HUB_HOSTS
 
     @property
+    def registry_name(self) -> str:
+        """The name clients use for it (``?ns=``, path prefix, cache keys)."""
+        return "docker.io" if self.is_dockerhub else urlsplit(self.base_url).netloc.lower()
+
+    @property
     def registry_names(self) -> frozenset[str]:
-        """Names clients use for this upstream: in ``?ns=`` and as a path prefix."""
-        names = {urlsplit(self.remoteurl).netloc.lower(), *self.aliases}
+        """Every name that selects this upstream."""
+        names = {self.registry_name, urlsplit(self.base_url).netloc.lower(), *self.aliases}
         if self.is_dockerhub:
             names |= {"docker.io", *DOCKER_HUB_HOSTS}
-        return frozenset(names)
+        return frozenset(name.lower() for name in names)
+
+
+class ProxySettings(_UpstreamCommon):
+    """registry:2's ``proxy`` section: the default upstream."""
+
+    remoteurl: Url = DOCKER_HUB
+    name: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.remoteurl
+
+    @property
+    def registry_name(self) -> str:
+        return self.name.lower() if self.name else super().registry_name
+
+
+class UpstreamSettings(_UpstreamCommon):
+    """One more upstream (``upstreams:`` list): ghcr.io, quay.io, a private registry…"""
+
+    name: str
+    url: Url
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    @property
+    def registry_name(self) -> str:
+        return self.name.lower()
+
+
+def _yaml_list(value: object) -> object:
+    """``upstreams`` from a flag or variable: a YAML/JSON list of mappings."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError("expected a YAML or JSON list of upstreams") from None
+    return value
+
+
+UpstreamList = Annotated[list[UpstreamSettings], BeforeValidator(_yaml_list)]
 
 
 class FilesystemSettings(_Section):
@@ -212,8 +272,26 @@ class Settings(_Section):
 
     http: HTTPSettings = HTTPSettings()
     proxy: ProxySettings = ProxySettings()
+    upstreams: UpstreamList = []
     storage: StorageSettings = StorageSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> Settings:
+        seen: dict[str, str] = {}
+        for upstream in self.all_upstreams():
+            for name in upstream.registry_names:
+                if name in seen and seen[name] != upstream.base_url:
+                    raise ValueError(
+                        f"upstreams: the name {name!r} is given to {seen[name]} and"
+                        f" {upstream.base_url}"
+                    )
+                seen[name] = upstream.base_url
+        return self
+
+    def all_upstreams(self) -> list[_UpstreamCommon]:
+        """The default upstream (``proxy``) first, then the others."""
+        return [self.proxy, *self.upstreams]
 
     @property
     def root(self) -> Path:
@@ -307,7 +385,7 @@ def load_settings(
         settings = Settings.model_validate(_unflatten(merged))
     except ValidationError as exc:
         error = exc.errors()[0]
-        path = ".".join(str(p) for p in error["loc"])
+        path = ".".join(str(p) for p in error["loc"]) or "config"
         where = f" (from {sources[path]})" if path in sources else ""
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{path}: {message}{where}") from None

@@ -161,9 +161,11 @@ async def plan_prune(
     only = None
     if repositories:
         wanted: set[str] = set()
-        for repo in repositories:
-            wanted |= snapshot.content.get(repo, set())
-            wanted |= {digest for r, _, digest in snapshot.tags if r == repo}
+        for key in {r for r, _, _ in snapshot.tags} | set(snapshot.content):
+            # docker.io/library/alpine may be named in full or as library/alpine
+            if key in repositories or key.partition("/")[2] in repositories:
+                wanted |= snapshot.content.get(key, set())
+                wanted |= {digest for r, _, digest in snapshot.tags if r == key}
         only = lambda image: image.root in wanted  # noqa: E731
         if older_than is None and to_size is None:
             need = 1 << 62  # everything of those repositories

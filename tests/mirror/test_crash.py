@@ -49,8 +49,13 @@ def test_sigkill_during_cold_pulls_then_verify_is_sound(
     # Kill once downloads are under way but not all finished.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        staged = list((mirror.root / "staging").iterdir())
-        if staged and any(p.stat().st_size > 500_000 for p in staged if p.exists()):
+        sizes = []
+        for path in (mirror.root / "staging").iterdir():
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:  # committed meanwhile
+                continue
+        if any(size > 500_000 for size in sizes):
             break
         time.sleep(0.01)
     mirror.kill()

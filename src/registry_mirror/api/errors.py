@@ -10,7 +10,7 @@ from typing import Final
 from aiohttp import web
 
 from registry_mirror.index import IndexError_
-from registry_mirror.mirror import ManifestUnacceptable, RegistryNotMirrored
+from registry_mirror.mirror import ManifestUnacceptable, RegistryNotMirrored, RepositoryDenied
 from registry_mirror.reference import InvalidReference
 from registry_mirror.storage import StorageError
 from registry_mirror.upstream import (
@@ -84,6 +84,8 @@ def translate(exc: BaseException, kind: str) -> RegistryError:
             return RegistryError(400, exc.code, exc.message)
         case RegistryNotMirrored():
             return RegistryError(404, "NAME_UNKNOWN", str(exc))
+        case RepositoryDenied():
+            return RegistryError(403, "DENIED", str(exc))
         case ManifestUnacceptable():
             return RegistryError(404, "MANIFEST_UNKNOWN", str(exc))
         case UpstreamNotFound():
@@ -145,5 +147,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every answer names the API version, as registry:2's do."""
+    """``on_response_prepare``: every answer names the API version, as registry:2's do,
+    and echoes containerd's namespace (``?ns=``) in ``OCI-Namespace``."""
     response.headers.update(API_VERSION_HEADERS)
+    namespace = request.query.get("ns")
+    if namespace and len(namespace) <= 255 and namespace.isprintable():
+        response.headers["OCI-Namespace"] = namespace

@@ -17,7 +17,7 @@ from registry_mirror.api.errors import RegistryError
 from registry_mirror.api.ranges import Unsatisfiable, parse_range
 from registry_mirror.api.sendfile import SendfileReactor
 from registry_mirror.media_types import Accept
-from registry_mirror.mirror import BlobSource, FillFailed, Manifest, Mirror
+from registry_mirror.mirror import BlobSource, FillFailed, Manifest, Mirror, Route
 from registry_mirror.reference import (
     Digest,
     parse_digest,
@@ -88,9 +88,9 @@ def _mirror(request: web.Request) -> Mirror:
     return request.app[MIRROR_KEY]
 
 
-def _repo(request: web.Request, name: str) -> str:
+def _repo(request: web.Request, name: str) -> Route:
     repo_name = parse_repo_name(name)
-    return _mirror(request).canonical_repo(repo_name, request.query.get("ns"))
+    return _mirror(request).route(repo_name, request.query.get("ns"))
 
 
 # --- manifests -------------------------------------------------------------------

@@ -2,12 +2,18 @@
 
 from registry_mirror.mirror.errors import FillFailed
 from registry_mirror.mirror.fill import BlobFill
+from registry_mirror.mirror.routing import (
+    RegistryNotMirrored,
+    RepositoryDenied,
+    Route,
+    Router,
+    UpstreamEntry,
+)
 from registry_mirror.mirror.service import (
     BlobSource,
     Manifest,
     ManifestUnacceptable,
     Mirror,
-    RegistryNotMirrored,
 )
 from registry_mirror.mirror.singleflight import SingleFlight
 
@@ -19,5 +25,9 @@ __all__ = [
     "ManifestUnacceptable",
     "Mirror",
     "RegistryNotMirrored",
+    "RepositoryDenied",
+    "Route",
+    "Router",
     "SingleFlight",
+    "UpstreamEntry",
 ]

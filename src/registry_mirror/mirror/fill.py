@@ -18,6 +18,7 @@ from typing import Final
 
 from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.errors import FillFailed, Uncacheable
+from registry_mirror.mirror.routing import Route
 from registry_mirror.reference import Digest
 from registry_mirror.storage import (
     BlobInfo,
@@ -28,7 +29,6 @@ from registry_mirror.storage import (
     StorageError,
 )
 from registry_mirror.upstream import (
-    Upstream,
     UpstreamDigestMismatch,
     UpstreamError,
     UpstreamNotFound,
@@ -48,14 +48,14 @@ class BlobFill:
     def __init__(
         self,
         digest: Digest,
-        repo: str,
-        upstream: Upstream,
+        route: Route,
         store: BlobStore,
-        on_commit: Callable[[str, Digest, BlobInfo], Awaitable[None]],
+        on_commit: Callable[[Route, Digest, BlobInfo], Awaitable[None]],
     ) -> None:
         self.digest = digest
-        self.repo = repo
-        self._upstream = upstream
+        self.route = route
+        self.repo = route.repo
+        self._upstream = route.upstream
         self._store = store
         self._on_commit = on_commit
         self._staged: StagedBlob | None = None
@@ -92,7 +92,7 @@ class BlobFill:
         try:
             await self._download(staged)
             info = await staged.commit(self.digest, self.size)
-            await self._on_commit(self.repo, self.digest, info)
+            await self._on_commit(self.route, self.digest, info)
             log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.repo)
             await self._finish(None)
         except DigestMismatch as exc:
@@ -185,6 +185,14 @@ class BlobFill:
         try:
             reader = staged.reader()
         except StorageError as exc:
+            if self.done and self.error is None:
+                # Committed between the lookup and now: the verified file is there.
+                try:
+                    async for chunk in self._store.open(self.digest, start, end):
+                        yield chunk
+                except StorageError as gone:
+                    raise FillFailed(str(gone)) from gone
+                return
             raise FillFailed(str(self.error or exc)) from exc
         sent = start  # everything before this offset has been yielded
         try:

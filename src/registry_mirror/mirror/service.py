@@ -25,12 +25,12 @@ from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.errors import Uncacheable
 from registry_mirror.mirror.eviction import Evictor, StorageLimits
 from registry_mirror.mirror.fill import BlobFill
+from registry_mirror.mirror.routing import Route, Router
 from registry_mirror.mirror.singleflight import SingleFlight
 from registry_mirror.reference import Digest, RepoName, Tag, parse_digest
 from registry_mirror.storage import BlobInfo, BlobStore, StorageError
 from registry_mirror.upstream import (
     ManifestInfo,
-    Upstream,
     UpstreamDigestMismatch,
     UpstreamError,
     UpstreamNotFound,
@@ -39,7 +39,7 @@ from registry_mirror.upstream import (
     UpstreamUnavailable,
 )
 
-__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror", "RegistryNotMirrored"]
+__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ class BlobSource:
     size: int | None
     path: Path | None = None
     live: BlobFill | DirectBlob | None = None
-
-
-class RegistryNotMirrored(Exception):
-    """A client named a registry (``?ns=``) this mirror has no upstream for."""
 
 
 class ManifestUnacceptable(Exception):
@@ -112,18 +108,14 @@ class Mirror:
         self,
         store: BlobStore,
         index: Index,
-        upstream: Upstream,
+        router: Router,
         *,
         default_platform: Platform = DEFAULT_PLATFORM,
-        dockerhub: bool = False,
-        registry_names: frozenset[str] = frozenset(),
         limits: StorageLimits | None = None,
     ) -> None:
-        self.dockerhub = dockerhub
-        self.registry_names = registry_names
         self.store = store
         self.index = index
-        self.upstream = upstream
+        self.router = router
         self.default_platform = default_platform
         self._memory = _ManifestMemory(MANIFEST_MEMORY)
         self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
@@ -183,29 +175,16 @@ class Mirror:
                 del self._serving[key]
 
     def __repr__(self) -> str:
-        return f"<Mirror {self.upstream!r} fills={len(self._fills)}>"
+        return f"<Mirror {self.router!r} fills={len(self._fills)}>"
 
-    def canonical_repo(self, name: RepoName, namespace: str | None = None) -> str:
-        """The repository as upstream knows it.
-
-        A leading registry name or alias (``/v2/hub/library/alpine``, what a registries.conf
-        mirror ``location = "mirror/hub"`` asks for) is dropped; containerd's ``?ns=`` must
-        name this upstream; Docker Hub's ``alpine`` is ``library/alpine``.
-        """
-        if namespace is not None and namespace.lower() not in self.registry_names:
-            raise RegistryNotMirrored(f"registry {namespace[:100]!r} is not mirrored here")
-        value = name.value
-        first, sep, rest = value.partition("/")
-        if sep and first in self.registry_names:
-            value = rest
-        if self.dockerhub and "/" not in value:
-            return f"library/{value}"
-        return value
+    def route(self, name: RepoName, namespace: str | None = None) -> Route:
+        """Which upstream and repository a client's name means (see :mod:`routing`)."""
+        return self.router.resolve(name, namespace)
 
     # --- manifests ------------------------------------------------------------
 
     async def manifest(
-        self, repo: str, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
+        self, route: Route, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
     ) -> Manifest:
         """The manifest to answer with, negotiated for ``accept``.
 
@@ -218,43 +197,43 @@ class Mirror:
                 "only schema1 manifests accepted: this mirror serves schema2 and OCI manifests"
             )
         if isinstance(reference, Digest):
-            manifest = await self._by_digest(repo, reference)
+            manifest = await self._by_digest(route, reference)
         else:
-            manifest = await self._by_tag(repo, reference.value, accept, need_body)
-        served = await self._negotiate(repo, manifest, accept)
+            manifest = await self._by_tag(route, reference.value, accept, need_body)
+        served = await self._negotiate(route, manifest, accept)
         self.index.touch(served.digest)
         if served.digest != manifest.digest:
             self.index.touch(manifest.digest)
         return served
 
-    async def _by_tag(self, repo: str, tag: str, accept: Accept, need_body: bool) -> Manifest:
+    async def _by_tag(self, route: Route, tag: str, accept: Accept, need_body: bool) -> Manifest:
         try:
             info = await self._tag_checks.run(
-                (repo, tag), lambda: self.upstream.head_manifest(repo, tag)
+                (route.key, tag), lambda: route.upstream.head_manifest(route.repo, tag)
             )
         except UpstreamNotFound:
-            await self._record(self.index.delete_tag(repo, tag))
+            await self._record(self.index.delete_tag(route.key, tag))
             raise
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
-            stale = await self._stale_by_tag(repo, tag)
+            stale = await self._stale_by_tag(route, tag)
             if stale is None:
                 raise
-            self._log_stale(repo, tag, exc)
+            self._log_stale(route, tag, exc)
             return stale
         if info.digest is None:
             # An upstream that does not announce digests on HEAD: fetch by tag and hash.
-            return await self._fetch_manifest(repo, tag, None, tag=tag)
-        await self._record(self.index.set_tag(repo, tag, info.digest))
+            return await self._fetch_manifest(route, tag, None, tag=tag)
+        await self._record(self.index.set_tag(route.key, tag, info.digest))
         cached = await self._cached_manifest(info.digest)
         if cached is not None:
             return cached
         answerable = accept.accepts(info.media_type) or accept.wildcard or not accept.types
         if not need_body and info.media_type not in INDEX_TYPES and info.size and answerable:
             return Manifest(info.digest, info.media_type, info.size, None)
-        return await self._by_digest(repo, info.digest, tag=tag)
+        return await self._by_digest(route, info.digest, tag=tag)
 
-    async def _stale_by_tag(self, repo: str, tag: str) -> Manifest | None:
-        digest = await self.index.get_tag(repo, tag)
+    async def _stale_by_tag(self, route: Route, tag: str) -> Manifest | None:
+        digest = await self.index.get_tag(route.key, tag)
         if digest is None:
             return None
         cached = await self._cached_manifest(digest)
@@ -262,21 +241,21 @@ class Mirror:
             return None
         return Manifest(cached.digest, cached.media_type, cached.size, cached.body, stale=True)
 
-    def _log_stale(self, repo: str, tag: str, exc: UpstreamError) -> None:
+    def _log_stale(self, route: Route, tag: str, exc: UpstreamError) -> None:
         now = time.monotonic()
-        last = self._stale_logged.get(repo)
+        last = self._stale_logged.get(route.key)
         if last is None or now - last > STALE_LOG_INTERVAL:
             if len(self._stale_logged) > 10_000:
                 self._stale_logged.clear()
-            self._stale_logged[repo] = now
-            log.warning("upstream unusable (%s); serving %s:%s from cache", exc, repo, tag)
+            self._stale_logged[route.key] = now
+            log.warning("upstream unusable (%s); serving %s:%s from cache", exc, route, tag)
 
-    async def _by_digest(self, repo: str, digest: Digest, tag: str | None = None) -> Manifest:
+    async def _by_digest(self, route: Route, digest: Digest, tag: str | None = None) -> Manifest:
         cached = await self._cached_manifest(digest)
         if cached is not None:
             return cached
         return await self._manifest_fetches.run(
-            digest, lambda: self._fetch_manifest(repo, str(digest), digest, tag=tag)
+            digest, lambda: self._fetch_manifest(route, str(digest), digest, tag=tag)
         )
 
     async def _cached_manifest(self, digest: Digest) -> Manifest | None:
@@ -300,34 +279,34 @@ class Mirror:
         return Manifest(digest, record.media_type, len(stored), stored)
 
     async def _fetch_manifest(
-        self, repo: str, reference: str, expected: Digest | None, *, tag: str | None
+        self, route: Route, reference: str, expected: Digest | None, *, tag: str | None
     ) -> Manifest:
-        info, body = await self.upstream.get_manifest(repo, reference)
+        info, body = await route.upstream.get_manifest(route.repo, reference)
         algorithm = expected.algorithm if expected else "sha256"
         actual = Digest.of(body, algorithm)
         if expected is not None and actual != expected:
-            raise UpstreamDigestMismatch(f"manifest {repo}@{expected} hashed to {actual}")
+            raise UpstreamDigestMismatch(f"manifest {route}@{expected} hashed to {actual}")
         if (
             expected is None
             and info.digest is not None
             and info.digest != Digest.of(body, info.digest.algorithm)
         ):
-            raise UpstreamDigestMismatch(f"manifest {repo}:{reference} does not match its digest")
+            raise UpstreamDigestMismatch(f"manifest {route}:{reference} does not match its digest")
         media_type = info.media_type
         try:
             parsed = parse_manifest(body, media_type)
         except ManifestParseError as exc:
-            raise UpstreamProtocolError(f"manifest {repo}:{reference}: {exc}") from exc
+            raise UpstreamProtocolError(f"manifest {route}:{reference}: {exc}") from exc
         media_type = parsed.media_type
         if not media_type:
-            raise UpstreamProtocolError(f"manifest {repo}:{reference} has no media type")
-        await self._store_manifest(repo, actual, media_type, body, parsed.references)
+            raise UpstreamProtocolError(f"manifest {route}:{reference} has no media type")
+        await self._store_manifest(route, actual, media_type, body, parsed.references)
         if tag is not None:
-            await self._record(self.index.set_tag(repo, tag, actual))
+            await self._record(self.index.set_tag(route.key, tag, actual))
         return Manifest(actual, media_type, len(body), body)
 
     async def _store_manifest(
-        self, repo: str, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
+        self, route: Route, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
     ) -> None:
         try:
             staged = await self.store.begin_write()
@@ -337,7 +316,8 @@ class Mirror:
             except BaseException:
                 await staged.abort()
                 raise
-            await self.index.put_manifest(repo, ManifestRecord(digest, media_type, len(body)), refs)
+            record = ManifestRecord(digest, media_type, len(body))
+            await self.index.put_manifest(route.key, record, refs)
             self.evictor.added(info.disk)
             self._memory.put(digest, media_type, body)
         except (StorageError, IndexError_) as exc:
@@ -345,13 +325,13 @@ class Mirror:
                 "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
             )
 
-    async def _negotiate(self, repo: str, manifest: Manifest, accept: Accept) -> Manifest:
+    async def _negotiate(self, route: Route, manifest: Manifest, accept: Accept) -> Manifest:
         if manifest.media_type not in INDEX_TYPES or accept.indexes:
             return manifest
         # A client that takes no index gets the default platform's image manifest.
         body = manifest.body
         if body is None:
-            manifest = await self._by_digest(repo, manifest.digest)
+            manifest = await self._by_digest(route, manifest.digest)
             body = manifest.body
         assert body is not None
         try:
@@ -363,7 +343,7 @@ class Mirror:
             raise ManifestUnacceptable(
                 f"the index has no {self.default_platform} manifest and the client accepts no index"
             )
-        result = await self._by_digest(repo, child[0])
+        result = await self._by_digest(route, child[0])
         if result.media_type in INDEX_TYPES:
             raise ManifestUnacceptable("nested index for the default platform")
         return Manifest(
@@ -372,7 +352,7 @@ class Mirror:
 
     # --- blobs ----------------------------------------------------------------
 
-    async def blob(self, repo: str, digest: Digest) -> BlobSource:
+    async def blob(self, route: Route, digest: Digest) -> BlobSource:
         """A cache hit (a file) or a fill in progress; starts the fill on a miss."""
         fill = self._fills.get(digest)
         if fill is None:
@@ -390,7 +370,7 @@ class Mirror:
                     return BlobSource(digest, info.size, path=self.store.local_path(digest))
                 fill = self._fills.get(digest)
             if fill is None:
-                fill = BlobFill(digest, repo, self.upstream, self.store, self._blob_committed)
+                fill = BlobFill(digest, route, self.store, self._blob_committed)
                 self._fills[digest] = fill
                 self.fills_started += 1
                 fill.start().add_done_callback(lambda _t: self._fills.pop(digest, None))
@@ -400,12 +380,12 @@ class Mirror:
             self._storage_log(
                 "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
             )
-            stream = await self.upstream.get_blob(repo, digest)
+            stream = await route.upstream.get_blob(route.repo, digest)
             return BlobSource(digest, stream.size, live=DirectBlob(digest, stream))
         return BlobSource(digest, size, live=fill)
 
-    async def _blob_committed(self, repo: str, digest: Digest, info: BlobInfo) -> None:
-        if await self._record(self.index.put_blob(repo, digest, info.size)):
+    async def _blob_committed(self, route: Route, digest: Digest, info: BlobInfo) -> None:
+        if await self._record(self.index.put_blob(route.key, digest, info.size)):
             self.evictor.added(info.disk)
         else:
             # Never leave a file the index does not know of; the clients still get
@@ -423,7 +403,7 @@ class Mirror:
             return False
         return True
 
-    async def blob_size(self, repo: str, digest: Digest) -> int | None:
+    async def blob_size(self, route: Route, digest: Digest) -> int | None:
         """For HEAD: the cached size, or upstream's answer to a HEAD (no download)."""
         info = await self.store.stat(digest)
         if info is not None:
@@ -431,24 +411,25 @@ class Mirror:
         fill = self._fills.get(digest)
         if fill is not None:
             return await fill.ready()
-        return await self.upstream.head_blob(repo, digest)
+        return await route.upstream.head_blob(route.repo, digest)
 
     # --- listings -------------------------------------------------------------
 
-    async def tags(self, repo: str) -> list[str]:
+    async def tags(self, route: Route) -> list[str]:
         """Tags from upstream; the cached ones when upstream cannot be asked."""
         try:
-            tags = await self.upstream.list_tags(repo)
+            tags = await route.upstream.list_tags(route.repo)
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
-            cached = await self.index.list_tags(repo)
+            cached = await self.index.list_tags(route.key)
             if not cached:
                 raise
-            log.warning("upstream unusable (%s); listing cached tags of %s", exc, repo)
+            log.warning("upstream unusable (%s); listing cached tags of %s", exc, route)
             return cached
         return sorted(set(tags))
 
     async def catalog(self) -> list[str]:
-        return await self.index.repositories()
+        """Cached repositories as clients name them (``ghcr.io/o/i``, ``library/x``)."""
+        return sorted(self.router.display(key) for key in await self.index.repositories())
 
     async def close(self) -> None:
         await self.evictor.stop()
