@@ -23,7 +23,12 @@ class AccessLogger(AbstractAccessLogger):
             return
         sent = request.get(BODY_BYTES)
         if sent is None:
-            sent = response.body_length
+            if request.method == "HEAD" or response.status in (204, 304):
+                sent = 0
+            elif isinstance(response, web.Response) and response.content_length is not None:
+                sent = response.content_length
+            else:  # aiohttp counts the headers in too; the best figure there is
+                sent = response.body_length
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"',
             request.remote,

@@ -63,6 +63,7 @@ class BlobFill:
         self.written = 0
         self.done = False
         self.error: BaseException | None = None
+        self.committed = False  # verified and published in the store
         self._answered = False  # upstream accepted the download: errors now abort streams
         self._ready = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -92,8 +93,9 @@ class BlobFill:
         try:
             await self._download(staged)
             info = await staged.commit(self.digest, self.size)
+            self.committed = True
             await self._on_commit(self.route, self.digest, info)
-            log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.repo)
+            log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.route)
             await self._finish(None)
         except DigestMismatch as exc:
             log.error("discarded %s from upstream: %s", self.digest, exc)
@@ -185,7 +187,7 @@ class BlobFill:
         try:
             reader = staged.reader()
         except StorageError as exc:
-            if self.done and self.error is None:
+            if self.committed:
                 # Committed between the lookup and now: the verified file is there.
                 try:
                     async for chunk in self._store.open(self.digest, start, end):

@@ -207,10 +207,10 @@ class Mirror:
         return served
 
     async def _by_tag(self, route: Route, tag: str, accept: Accept, need_body: bool) -> Manifest:
+        """Revalidate the tag with upstream; if upstream cannot answer (down, timing out,
+        rate limiting) at any step, the last manifest cached for the tag is served."""
         try:
-            info = await self._tag_checks.run(
-                (route.key, tag), lambda: route.upstream.head_manifest(route.repo, tag)
-            )
+            return await self._revalidate(route, tag, accept, need_body)
         except UpstreamNotFound:
             await self._record(self.index.delete_tag(route.key, tag))
             raise
@@ -220,12 +220,20 @@ class Mirror:
                 raise
             self._log_stale(route, tag, exc)
             return stale
+
+    async def _revalidate(
+        self, route: Route, tag: str, accept: Accept, need_body: bool
+    ) -> Manifest:
+        info = await self._tag_checks.run(
+            (route.key, tag), lambda: route.upstream.head_manifest(route.repo, tag)
+        )
         if info.digest is None:
             # An upstream that does not announce digests on HEAD: fetch by tag and hash.
             return await self._fetch_manifest(route, tag, None, tag=tag)
-        await self._record(self.index.set_tag(route.key, tag, info.digest))
         cached = await self._cached_manifest(info.digest)
         if cached is not None:
+            # The tag only ever points at a manifest the cache holds.
+            await self._record(self.index.set_tag(route.key, tag, info.digest))
             return cached
         answerable = accept.accepts(info.media_type) or accept.wildcard or not accept.types
         if not need_body and info.media_type not in INDEX_TYPES and info.size and answerable:
@@ -300,14 +308,14 @@ class Mirror:
         media_type = parsed.media_type
         if not media_type:
             raise UpstreamProtocolError(f"manifest {route}:{reference} has no media type")
-        await self._store_manifest(route, actual, media_type, body, parsed.references)
-        if tag is not None:
+        stored = await self._store_manifest(route, actual, media_type, body, parsed.references)
+        if tag is not None and stored:
             await self._record(self.index.set_tag(route.key, tag, actual))
         return Manifest(actual, media_type, len(body), body)
 
     async def _store_manifest(
         self, route: Route, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
-    ) -> None:
+    ) -> bool:
         try:
             staged = await self.store.begin_write()
             try:
@@ -324,6 +332,8 @@ class Mirror:
             self._storage_log(
                 "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
             )
+            return False
+        return True
 
     async def _negotiate(self, route: Route, manifest: Manifest, accept: Accept) -> Manifest:
         if manifest.media_type not in INDEX_TYPES or accept.indexes:
