@@ -419,6 +419,12 @@ def proc_status(pid: int) -> dict[str, str]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def kib_field(status: dict[str, str], key: str) -> float | None:
     value = status.get(key)
     if value is None:
@@ -728,9 +734,11 @@ def blob_throughput(
         }
 
     def one_round(target: Target) -> tuple[float, dict[str, Any]]:
+        cpu_before = cpu_seconds(target.pid)
         start = time.monotonic()
         results = parallel(lambda _: curl_get(url(target)), cfg.blob_gets, cfg.blob_concurrency)
         wall = time.monotonic() - start
+        cpu = cpu_seconds(target.pid) - cpu_before
         bad = [r for r in results if r.code != 200 or r.size != size]
         if bad:
             raise BenchError(
@@ -741,6 +749,7 @@ def blob_throughput(
         mb_s = sum(r.size for r in results) / wall / MB
         return mb_s, {
             "mb_per_s": round(mb_s, 1),
+            "server_cpu_s_per_gib": cpu / (sum(r.size for r in results) / 2**30),
             "wall_s": round(wall, 3),
             "per_get_s": [r.seconds for r in results],
         }
@@ -1323,6 +1332,13 @@ def bench(args: argparse.Namespace, cfg: Config, tmp: Path) -> tuple[list[Row], 
                 "MB/s",
                 "higher",
             ),
+            "blob_cpu": Row(
+                "blob_cpu",
+                "  … server CPU time per GiB served from cache",
+                "s/GiB",
+                "lower",
+                decimals=3,
+            ),
             "blob_cold": Row(
                 "blob_cold",
                 "  … first GET of that blob (cache miss, single sample)",
@@ -1369,6 +1385,7 @@ def bench(args: argparse.Namespace, cfg: Config, tmp: Path) -> tuple[list[Row], 
         for key, group in (
             ("blob_throughput", "blob"),
             ("blob_cold", "blob"),
+            ("blob_cpu", "blob"),
             ("manifest_digest_rps", "digest"),
             ("manifest_tag_rps", "tag"),
             ("cold_pull", "pull"),
@@ -1385,6 +1402,9 @@ def bench(args: argparse.Namespace, cfg: Config, tmp: Path) -> tuple[list[Row], 
             for name, det in blob_row.details.items():
                 if isinstance(det, dict) and det.get("cold_get_s"):
                     rows["blob_cold"].values[name] = det["blob_bytes"] / det["cold_get_s"] / MB
+                if isinstance(det, dict) and det.get("rounds"):
+                    per_gib = [r["server_cpu_s_per_gib"] for r in det["rounds"]]
+                    rows["blob_cpu"].values[name] = statistics.median(per_gib)
             checkpoint("blob")
         by: Literal["digest", "tag"]
         for by in ("digest", "tag"):
