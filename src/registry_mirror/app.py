@@ -19,6 +19,7 @@ from registry_mirror.api import (
     error_middleware,
     setup_routes,
 )
+from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, access_middleware
 from registry_mirror.config import Settings
 from registry_mirror.index import Index, SQLiteIndex
 from registry_mirror.mirror import Mirror, Router, UpstreamEntry
@@ -46,7 +47,10 @@ def create_app(
     The HTTP client session, the index connection and the background flusher
     live and die with the app (``cleanup_ctx``).
     """
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[access_middleware, error_middleware], client_max_size=1024 * 1024
+    )
+    app[ACCESS_KEY] = AccessPolicy(settings)
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -76,6 +80,7 @@ def create_app(
             index,
             router,
             limits=StorageLimits(storage.quota, storage.min_free, storage.max_idle),
+            max_fetches=settings.limits.upstream_fetches,
         )
         await mirror.start()
         app[MIRROR_KEY] = mirror
@@ -121,6 +126,7 @@ def build_router(settings: Settings, session: aiohttp.ClientSession) -> Router:
             password=config.password.get_secret_value() if config.password else None,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
+            allow_private_redirects=config.allow_private_redirects,
         )
         entries.append(
             UpstreamEntry(

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from registry_mirror import __version__
 from registry_mirror import commands as commands_module
 from registry_mirror.api.access_log import AccessLogger
 from registry_mirror.app import create_app
+from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.index import IndexError_
 from registry_mirror.storage import StorageError
@@ -32,6 +35,8 @@ ALIASES = {
     "http.addr": ["--addr"],
     "proxy.remoteurl": ["--upstream"],
     "storage.filesystem.rootdirectory": ["--root"],
+    "http.tls.certificate": ["--tls-cert"],
+    "http.tls.key": ["--tls-key"],
 }
 
 
@@ -116,6 +121,9 @@ def serve(settings: Settings, ignored: list[str]) -> int:
         log.info("config key %s is accepted for registry:2 compatibility and has no effect", key)
     try:
         uvloop.run(_serve(settings))
+    except HtpasswdError as exc:
+        print(f"registry-mirror: {exc}", file=sys.stderr)
+        return 2
     except (StorageError, IndexError_, OSError) as exc:
         print(f"registry-mirror: {exc}", file=sys.stderr)
         return 1
@@ -134,26 +142,96 @@ def _setup_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(level)
 
 
+class _TLS:
+    """The server's TLS context, re-read on SIGHUP without dropping connections: the
+    listening context hands each new handshake the newest certificate (SNI callback);
+    established connections keep theirs."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
+        self.certificate = certificate
+        self.key = key
+        self.current = self._load()
+        self.server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server.load_cert_chain(certificate, key)
+        self.server.sni_callback = self._choose
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.certificate, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"cannot load TLS certificate {self.certificate}: {exc}") from None
+        return context
+
+    def _choose(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self.current
+
+    async def reload(self) -> None:
+        try:
+            self.current = await asyncio.to_thread(self._load)
+        except OSError as exc:
+            log.error("%s; keeping the previous certificate", exc)
+            return
+        log.info("TLS certificate reloaded from %s", self.certificate)
+
+
+def _exposure_warning(settings: Settings, host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and settings.auth.htpasswd.path is None and not settings.access.allow:
+        log.warning(
+            "listening on %s with no authentication and no network allow list: anybody who"
+            " can reach it can pull every cached image (set auth.htpasswd or access.allow)",
+            settings.http.addr,
+        )
+
+
 async def _serve(settings: Settings) -> None:
     app = create_app(settings)
     host, port = settings.listen()
+    tls = None
+    if settings.http.tls.certificate is not None and settings.http.tls.key is not None:
+        tls = await asyncio.to_thread(_TLS, settings.http.tls.certificate, settings.http.tls.key)
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
         handle_signals=False,
+        keepalive_timeout=settings.http.idle_timeout,
+        max_headers=settings.http.max_headers,
+        max_field_size=settings.http.max_header_size,
+        max_line_size=settings.http.max_header_size,
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            ssl_context=tls.server if tls is not None else None,
+        )
         try:
             await site.start()
         except OSError as exc:
             raise OSError(f"cannot listen on {settings.http.addr}: {exc.strerror}") from None
-        log.info("listening on %s", settings.http.addr)
+        log.info("listening on %s%s", settings.http.addr, " (TLS)" if tls else "")
+        _exposure_warning(settings, host)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+        if tls is not None:
+
+            def reload() -> None:
+                task = asyncio.ensure_future(tls.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         log.info("shutting down")
     finally:

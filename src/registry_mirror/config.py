@@ -12,6 +12,7 @@ one line naming the key and where it came from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -159,6 +160,9 @@ class TLSSettings(_Section):
 class HTTPSettings(_Section):
     addr: str = ":5000"
     tls: TLSSettings = TLSSettings()
+    idle_timeout: Duration = 75.0  # a connection must send a whole request within this
+    max_headers: int = 100
+    max_header_size: Size = 8190
 
 
 def _check_url(value: object) -> object:
@@ -183,6 +187,8 @@ class _UpstreamCommon(_Section):
     deny: CommaList = []  # repository globs that may not
     connect_timeout: Duration = 10.0
     read_timeout: Duration = 60.0
+    # Follow redirects to loopback, private or link-local addresses (a CDN on the LAN).
+    allow_private_redirects: bool = False
 
     @property
     def base_url(self) -> str:
@@ -263,6 +269,36 @@ class StorageSettings(_Section):
     max_idle: Duration | None = None  # evict content not served for this long
 
 
+class HtpasswdSettings(_Section):
+    path: Path | None = None
+    realm: str = "registry-mirror"
+
+
+class AuthSettings(_Section):
+    """Who may pull (registry:2's ``auth.htpasswd`` keys, plus an anonymous read policy)."""
+
+    htpasswd: HtpasswdSettings = HtpasswdSettings()
+    # Repositories readable without logging in when htpasswd is set, as globs over
+    # registry/repository: "docker.io/*", "ghcr.io/public-org/*".
+    anonymous: CommaList = []
+
+
+class AccessSettings(_Section):
+    allow: CommaList = []  # client networks (CIDR) allowed at all; empty: every address
+    trusted_proxies: CommaList = []  # peers whose X-Forwarded-For is believed (CIDR)
+
+
+class LimitSettings(_Section):
+    """Per-client and global limits; 0 turns one off."""
+
+    requests_per_second: float = 0.0  # per client, sustained
+    burst: int = 100  # per client, above the sustained rate
+    downloads_per_client: int = 0  # concurrent blob downloads per client
+    upstream_fetches: int = 0  # concurrent upstream downloads, all clients together
+    repositories_per_client: int = 0  # distinct repositories per client per window
+    window: Duration = 600.0
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "warn", "error"] = "info"
 
@@ -274,9 +310,25 @@ class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     upstreams: UpstreamList = []
     storage: StorageSettings = StorageSettings()
+    auth: AuthSettings = AuthSettings()
+    access: AccessSettings = AccessSettings()
+    limits: LimitSettings = LimitSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")
+    def _checks(self) -> Settings:
+        tls = self.http.tls
+        if (tls.certificate is None) != (tls.key is None):
+            raise ValueError("http.tls: give both certificate and key")
+        for network in [*self.access.allow, *self.access.trusted_proxies]:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"access: invalid network {network!r} (CIDR)") from None
+        if self.auth.anonymous and self.auth.htpasswd.path is None:
+            raise ValueError("auth.anonymous: only meaningful with auth.htpasswd.path")
+        return self._names_unique()
+
     def _names_unique(self) -> Settings:
         seen: dict[str, str] = {}
         for upstream in self.all_upstreams():

@@ -10,7 +10,12 @@ from typing import Final
 from aiohttp import web
 
 from registry_mirror.index import IndexError_
-from registry_mirror.mirror import ManifestUnacceptable, RegistryNotMirrored, RepositoryDenied
+from registry_mirror.mirror import (
+    ManifestUnacceptable,
+    RegistryNotMirrored,
+    RepositoryDenied,
+    TooManyFetches,
+)
 from registry_mirror.reference import InvalidReference
 from registry_mirror.storage import StorageError
 from registry_mirror.upstream import (
@@ -84,6 +89,13 @@ def translate(exc: BaseException, kind: str) -> RegistryError:
             return RegistryError(400, exc.code, exc.message)
         case RegistryNotMirrored():
             return RegistryError(404, "NAME_UNKNOWN", str(exc))
+        case TooManyFetches():
+            return RegistryError(
+                429,
+                "TOOMANYREQUESTS",
+                "too many downloads in progress, try again shortly",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         case RepositoryDenied():
             return RegistryError(403, "DENIED", str(exc))
         case ManifestUnacceptable():

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from registry_mirror.api.access import ACCESS_KEY, CLIENT
 from registry_mirror.api.access_log import BODY_BYTES
 from registry_mirror.api.errors import RegistryError
 from registry_mirror.api.ranges import Unsatisfiable, parse_range
@@ -89,8 +90,11 @@ def _mirror(request: web.Request) -> Mirror:
 
 
 def _repo(request: web.Request, name: str) -> Route:
+    """The route for a repository name, if this client may read it."""
     repo_name = parse_repo_name(name)
-    return _mirror(request).route(repo_name, request.query.get("ns"))
+    route = _mirror(request).route(repo_name, request.query.get("ns"))
+    request.app[ACCESS_KEY].authorize(request, route.key)
+    return route
 
 
 # --- manifests -------------------------------------------------------------------
@@ -99,10 +103,10 @@ def _repo(request: web.Request, name: str) -> Route:
 async def manifest(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
     reference = parse_reference(ref)
-    repo = _repo(request, name)
+    route = _repo(request, name)
     accept = Accept.parse(request.headers.getall("Accept", []))
     head = request.method == "HEAD"
-    found = await mirror.manifest(repo, reference, accept, need_body=not head)
+    found = await mirror.manifest(route, reference, accept, need_body=not head)
     headers = _manifest_headers(found)
     if _etag_matches(request, found.digest):
         return web.Response(status=304, headers=headers)
@@ -158,13 +162,20 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
 async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
     digest = parse_digest(ref)
-    repo = _repo(request, name)
+    route = _repo(request, name)
     headers = _blob_headers(digest)
     if request.method == "HEAD":
-        return await _head(request, headers, await mirror.blob_size(repo, digest))
+        return await _head(request, headers, await mirror.blob_size(route, digest))
     if _etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
-    source = await mirror.blob(repo, digest)
+    with request.app[ACCESS_KEY].limiter.download(request[CLIENT]):
+        return await _blob_get(request, mirror, route, digest, headers)
+
+
+async def _blob_get(
+    request: web.Request, mirror: Mirror, route: Route, digest: Digest, headers: dict[str, str]
+) -> web.StreamResponse:
+    source = await mirror.blob(route, digest)
     span: tuple[int, int] | None = None
     if source.size is not None:
         try:
@@ -292,8 +303,8 @@ def _paginate(
 
 async def tags(request: web.Request, name: str) -> web.StreamResponse:
     mirror = _mirror(request)
-    repo = _repo(request, name)
-    page, link = _paginate(await mirror.tags(repo), request, None)
+    route = _repo(request, name)
+    page, link = _paginate(await mirror.tags(route), request, None)
     response = web.Response(
         text=json.dumps({"name": name, "tags": page}), content_type="application/json"
     )
@@ -304,7 +315,10 @@ async def tags(request: web.Request, name: str) -> web.StreamResponse:
 
 async def catalog(request: web.Request) -> web.StreamResponse:
     _read_only(request)
-    page, link = _paginate(await _mirror(request).catalog(), request, CATALOG_DEFAULT_PAGE)
+    mirror = _mirror(request)
+    policy = request.app[ACCESS_KEY]
+    names = [name for name, key in await mirror.catalog_keys() if policy.may_list(request, key)]
+    page, link = _paginate(names, request, CATALOG_DEFAULT_PAGE)
     response = web.Response(
         text=json.dumps({"repositories": page}), content_type="application/json"
     )

@@ -1,6 +1,6 @@
 """The pull-through policy between the API and the stores/upstreams."""
 
-from registry_mirror.mirror.errors import FillFailed
+from registry_mirror.mirror.errors import FillFailed, TooManyFetches
 from registry_mirror.mirror.fill import BlobFill
 from registry_mirror.mirror.routing import (
     RegistryNotMirrored,
@@ -29,5 +29,6 @@ __all__ = [
     "Route",
     "Router",
     "SingleFlight",
+    "TooManyFetches",
     "UpstreamEntry",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FillFailed", "Uncacheable"]
+__all__ = ["FillFailed", "TooManyFetches", "Uncacheable"]
 
 
 class FillFailed(Exception):
@@ -11,3 +11,9 @@ class FillFailed(Exception):
 
 class Uncacheable(Exception):
     """The store cannot take this blob now (disk full, I/O error): serve it uncached."""
+
+
+class TooManyFetches(Exception):
+    """The global cap on concurrent upstream downloads is reached; try again shortly."""
+
+    retry_after = 5

@@ -22,7 +22,7 @@ from registry_mirror.media_types import (
     parse_manifest,
 )
 from registry_mirror.mirror.direct import DirectBlob
-from registry_mirror.mirror.errors import Uncacheable
+from registry_mirror.mirror.errors import TooManyFetches, Uncacheable
 from registry_mirror.mirror.eviction import Evictor, StorageLimits
 from registry_mirror.mirror.fill import BlobFill
 from registry_mirror.mirror.routing import Route, Router
@@ -112,7 +112,9 @@ class Mirror:
         *,
         default_platform: Platform = DEFAULT_PLATFORM,
         limits: StorageLimits | None = None,
+        max_fetches: int = 0,
     ) -> None:
+        self.max_fetches = max_fetches
         self.store = store
         self.index = index
         self.router = router
@@ -380,6 +382,8 @@ class Mirror:
                     return BlobSource(digest, info.size, path=self.store.local_path(digest))
                 fill = self._fills.get(digest)
             if fill is None:
+                if self.max_fetches and len(self._fills) >= self.max_fetches:
+                    raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
                 fill = BlobFill(digest, route, self.store, self._blob_committed)
                 self._fills[digest] = fill
                 self.fills_started += 1
@@ -437,9 +441,11 @@ class Mirror:
             return cached
         return sorted(set(tags))
 
-    async def catalog(self) -> list[str]:
-        """Cached repositories as clients name them (``ghcr.io/o/i``, ``library/x``)."""
-        return sorted(self.router.display(key) for key in await self.index.repositories())
+    async def catalog_keys(self) -> list[tuple[str, str]]:
+        """Cached repositories: (as clients name them, cache key), e.g.
+        (``ghcr.io/o/i``, ``ghcr.io/o/i``) and (``library/x``, ``docker.io/library/x``)."""
+        keys = await self.index.repositories()
+        return sorted((self.router.display(key), key) for key in keys)
 
     async def close(self) -> None:
         await self.evictor.stop()

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -84,7 +86,9 @@ class Upstream:
         password: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        allow_private_redirects: bool = False,
     ) -> None:
+        self.allow_private_redirects = allow_private_redirects
         self.url = URL(url.rstrip("/"))
         self.name = name
         self._session = session
@@ -291,9 +295,14 @@ class Upstream:
             response.release()
             if not location:
                 raise UpstreamProtocolError(f"redirect without a Location from {url.host}")
-            target = url.join(URL(location))
-            if target.scheme not in ("http", "https"):
+            try:
+                target = url.join(URL(location))
+            except ValueError:
+                raise UpstreamProtocolError("unreadable redirect Location") from None
+            if target.scheme not in ("http", "https") or not target.host:
                 raise UpstreamProtocolError(f"refused redirect to a {target.scheme!r} URL")
+            if not self.allow_private_redirects and not _same_origin(target, self.url):
+                await self._refuse_private(target)
             url = target
         raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {self.name}")
 
@@ -316,6 +325,28 @@ class Upstream:
             except aiohttp.ClientError as exc:
                 raise UpstreamProtocolError(f"{self.name}: {_describe(exc)}") from exc
         raise AssertionError("unreachable")
+
+    async def _refuse_private(self, target: URL) -> None:
+        """A redirect must not turn the mirror into a way to reach internal addresses:
+        loopback, private, link-local (cloud metadata) and such are refused unless this
+        upstream's config allows them."""
+        host = target.host or ""
+        try:
+            addresses = [ipaddress.ip_address(host.strip("[]"))]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, target.port, type=socket.SOCK_STREAM
+                )
+            except OSError as exc:
+                raise UpstreamUnavailable(f"cannot resolve redirect target {host}: {exc}") from None
+            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        for address in addresses:
+            if not address.is_global or address.is_multicast:
+                raise UpstreamProtocolError(
+                    f"refused redirect to the non-public address {address} ({host});"
+                    " allow_private_redirects permits it"
+                )
 
     def _note_ratelimit(self, response: aiohttp.ClientResponse) -> None:
         remaining = response.headers.get("ratelimit-remaining")
