@@ -16,6 +16,7 @@ from pathlib import Path
 
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from registry_mirror import __version__
 from registry_mirror import commands as commands_module
@@ -132,6 +133,21 @@ def serve(settings: Settings, ignored: list[str]) -> int:
     return 0
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """A malformed request (bad request line, too many or too long headers) is the
+    client's mistake: one warning line, not a server error with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed request refused: %s"
+            record.args = (str(exc.message).strip()[:200],)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _setup_logging(settings: Settings) -> None:
     level = {"warn": "WARNING"}.get(settings.log.level, settings.log.level.upper())
     logging.basicConfig(
@@ -140,6 +156,7 @@ def _setup_logging(settings: Settings) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(level)
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequestFilter())
 
 
 class _TLS:

@@ -417,21 +417,56 @@ def test_head_of_uncached_blob_asks_upstream_and_downloads_nothing(
     assert proxy.count("GET", BLOB) == 0
 
 
-def test_blob_redirect_to_a_cdn_is_followed(
-    upstream: RegistryProcess, proxy: FaultyProxy, mirror: MirrorProcess, client: httpx.Client
+def test_blob_redirect_to_a_cdn_is_followed_without_credentials(
+    upstream: RegistryProcess, proxy: FaultyProxy, mirror_factory: MirrorFactory
 ) -> None:
+    """Docker Hub answers blob GETs with a redirect to a CDN on another host: the mirror
+    follows it, and the upstream's credentials stay with the upstream."""
     digest, data = one_layer(upstream, MiB)
-    with FaultyProxy(upstream.url) as cdn:
+    mirror = mirror_factory(
+        proxy.url,
+        name="cdn-mirror",
+        args=[
+            "--proxy-username",
+            "alice",
+            "--proxy-password",
+            "s3cr3t-pw",
+            "--proxy-allow-private-redirects",
+            "true",
+        ],  # the test CDN is on loopback
+    )
+    # The upstream asks for Basic credentials once; the mirror sends them from then on.
+    proxy.status("GET", BLOB, 401, headers={"WWW-Authenticate": 'Basic realm="hub"'}, times=1)
+    with (
+        FaultyProxy(upstream.url) as cdn,
+        httpx.Client(base_url=mirror.url, timeout=30, trust_env=False) as client,
+    ):
         proxy.redirect("GET", BLOB, cdn.url + "{path}?X-Amz-Signature=abc")
         got = fetch(client, blob_path(digest))
         assert got.error is None
         assert got.body == data
-        assert [r.status for r in proxy.requests("GET", BLOB)] == [307]
+        upstream_gets = proxy.requests("GET", BLOB)
+        assert [r.status for r in upstream_gets] == [401, 307]
+        assert upstream_gets[1].headers.get("Authorization", "").startswith("Basic ")
         served = cdn.requests("GET", BLOB)
         assert [(r.path, r.query, r.status) for r in served] == [
             (blob_path(digest), "X-Amz-Signature=abc", 200)
         ]
+        assert "Authorization" not in served[0].headers
     assert blob_file(mirror, digest).read_bytes() == data
+
+
+def test_redirect_to_a_private_address_is_refused_by_default(
+    upstream: RegistryProcess, proxy: FaultyProxy, mirror: MirrorProcess, client: httpx.Client
+) -> None:
+    digest, _ = one_layer(upstream, MiB)
+    with FaultyProxy(upstream.url) as internal:
+        proxy.redirect("GET", BLOB, internal.url + "{path}")
+        response = client.get(blob_path(digest))
+        assert response.status_code == 502
+        assert response.json()["errors"][0]["code"] == "UNKNOWN"
+        assert internal.requests() == []
+    assert "non-public address" in mirror.log()
 
 
 # ---------------------------------------------------------------------- manifests

@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -93,11 +94,27 @@ class MirrorProcess:
         self.stop()
         raise MirrorError(f"mirror did not answer within {timeout}s:\n{self.log()}")
 
+    @property
+    def tls(self) -> bool:
+        return "--tls-cert" in self.args or "REGISTRY_HTTP_TLS_CERTIFICATE" in self.env
+
+    def signal(self, sig: int) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(sig)
+
     def _ping(self) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        conn: http.client.HTTPConnection
+        if self.tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
         try:
             conn.request("GET", "/v2/")
-            return conn.getresponse().status == 200
+            # 401/403/429: up, and guarded (authentication, allow list, rate limit).
+            return conn.getresponse().status in (200, 401, 403, 429)
         except OSError:
             return False
         finally:
