@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 1
+MAX_REMEMBERED_TAGS: Final = 50_000
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS repositories (
     id INTEGER PRIMARY KEY,
@@ -147,7 +148,7 @@ class SQLiteIndex:
         found = await self._run(get)
         if found is None:
             return None
-        self._tags[(repo, tag)] = found
+        self._remember_tag(repo, tag, found)
         return parse_digest(found)
 
     async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
@@ -164,7 +165,13 @@ class SQLiteIndex:
             )
 
         await self._run(put)
-        self._tags[(repo, tag)] = str(digest)
+        self._remember_tag(repo, tag, str(digest))
+
+    def _remember_tag(self, repo: str, tag: str, digest: str) -> None:
+        """The tag → digest memory that keeps unchanged tags off the disk; bounded."""
+        if len(self._tags) >= MAX_REMEMBERED_TAGS:
+            self._tags.clear()
+        self._tags[(repo, tag)] = digest
 
     async def delete_tag(self, repo: str, tag: str) -> None:
         self._tags.pop((repo, tag), None)
