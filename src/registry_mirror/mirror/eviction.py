@@ -29,6 +29,7 @@ __all__ = ["EvictionPlan", "Evictor", "StorageLimits", "plan_eviction"]
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL: Final = 30.0
+REMEASURE_INTERVAL: Final = 600.0
 LOW_WATERMARK: Final = 0.9  # evict down to 90 % of the quota
 
 
@@ -196,11 +197,16 @@ class Evictor:
         interval = CHECK_INTERVAL
         if self.limits.max_idle is not None:
             interval = max(0.5, min(interval, self.limits.max_idle / 2))
+        measured = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             try:
+                if time.monotonic() - measured > REMEASURE_INTERVAL:
+                    # Operator commands (prune, verify --repair) change the cache too.
+                    self.used = await self.store.disk_usage()
+                    measured = time.monotonic()
                 await self.run_once()
             except Exception as exc:  # never stop guarding the disk
                 log.error("eviction failed: %s", exc)
