@@ -183,6 +183,10 @@ class AccessPolicy:
             user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise self.challenge("malformed credentials") from None
+        if sep and not user and not password:
+            # containers/image (podman, skopeo) without a login answers the challenge with
+            # an empty user and password: that is an anonymous client.
+            return None
         if not sep or not await self.htpasswd.check(user, password):
             raise self.challenge("invalid username or password")
         return user
