@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from registry_mirror import __version__
 from registry_mirror import commands as commands_module
 from registry_mirror.api.access_log import AccessLogger
+from registry_mirror.api.server import RegistryRunner
 from registry_mirror.app import create_app
 from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
@@ -211,7 +212,7 @@ async def _serve(settings: Settings) -> None:
     tls = None
     if settings.http.tls.certificate is not None and settings.http.tls.key is not None:
         tls = await asyncio.to_thread(_TLS, settings.http.tls.certificate, settings.http.tls.key)
-    runner = web.AppRunner(
+    runner = RegistryRunner(
         app,
         access_log_class=AccessLogger,
         handle_signals=False,

@@ -131,7 +131,7 @@ def parse_manifest(body: bytes, media_type: str) -> ParsedManifest:
     """Parse an image manifest or index for what it references."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ManifestParseError("manifest is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise ManifestParseError("manifest is not a JSON object")

@@ -34,11 +34,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return (max(0, size - suffix), size)
     start = int(first)
-    end = size if not last else int(last) + 1
-    if not last or end > size:
-        end = size
-    if int(first) > (int(last) if last else size):
+    if last and int(last) < start:
         return None  # last < first: invalid, ignore
     if start >= size:
         raise Unsatisfiable
+    end = size if not last else min(int(last) + 1, size)
     return (start, end)

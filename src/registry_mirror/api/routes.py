@@ -278,7 +278,7 @@ def _page_args(request: web.Request, default: int | None) -> tuple[int | None, s
     raw_n = request.query.get("n")
     n: int | None = default
     if raw_n is not None and raw_n != "":
-        if not raw_n.isdigit() or len(raw_n) > 9:
+        if not (raw_n.isascii() and raw_n.isdigit()) or len(raw_n) > 9:
             raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results")
         n = min(int(raw_n), MAX_PAGE)
     last = request.query.get("last")
@@ -304,6 +304,7 @@ def _paginate(
 async def tags(request: web.Request, name: str) -> web.StreamResponse:
     mirror = _mirror(request)
     route = _repo(request, name)
+    _page_args(request, None)  # a bad page size is refused before upstream is asked
     page, link = _paginate(await mirror.tags(route), request, None)
     response = web.Response(
         text=json.dumps({"name": name, "tags": page}), content_type="application/json"

@@ -239,8 +239,11 @@ class Upstream:
         await self._fetch_token(challenge, scope)
 
     async def _fetch_token(self, challenge: Challenge, scope: str) -> None:
-        realm = URL(challenge.params["realm"])
-        if realm.scheme not in ("http", "https"):
+        try:
+            realm = URL(challenge.params["realm"])
+        except ValueError:
+            raise UpstreamAuthFailed(f"{self.name} named an unreadable token realm") from None
+        if realm.scheme not in ("http", "https") or not realm.host:
             raise UpstreamAuthFailed(f"{self.name} named a token realm that is not HTTP(S)")
         query: dict[str, str] = {"scope": scope}
         if "service" in challenge.params:
@@ -392,8 +395,8 @@ def _status_error(response: aiohttp.ClientResponse, what: str) -> UpstreamError:
 def _retry_after(value: str | None) -> int | None:
     if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
+    value = value.strip()[:64]
+    if value.isascii() and value.isdigit():
         return min(int(value), 86400)
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         return max(0, min(86400, int(parsedate_to_datetime(value).timestamp() - time.time())))
