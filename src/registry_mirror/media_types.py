@@ -130,7 +130,7 @@ MAX_REFERENCES: Final = 10_000
 def parse_manifest(body: bytes, media_type: str) -> ParsedManifest:
     """Parse an image manifest or index for what it references."""
     try:
-        doc = json.loads(body)
+        doc = json.loads(body.decode("utf-8"))  # UTF-8 only, as the specs say
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ManifestParseError("manifest is not valid JSON") from exc
     if not isinstance(doc, dict):

@@ -38,7 +38,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-API_VERSION_HEADERS: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
+API_VERSION_HEADERS: Final = {
+    "Docker-Distribution-API-Version": "registry/2.0",
+    "X-Content-Type-Options": "nosniff",
+}
 
 # What a 404 from upstream means, by the kind of route that asked.
 NOT_FOUND_CODES: Final = {

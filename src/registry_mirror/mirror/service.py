@@ -15,6 +15,7 @@ from typing import Final
 from registry_mirror.index import Index, IndexError_, ManifestRecord
 from registry_mirror.logs import ThrottledLog
 from registry_mirror.media_types import (
+    IMAGE_TYPES,
     INDEX_TYPES,
     Accept,
     ManifestParseError,
@@ -308,8 +309,12 @@ class Mirror:
         except ManifestParseError as exc:
             raise UpstreamProtocolError(f"manifest {route}:{reference}: {exc}") from exc
         media_type = parsed.media_type
-        if not media_type:
-            raise UpstreamProtocolError(f"manifest {route}:{reference} has no media type")
+        if media_type not in INDEX_TYPES | IMAGE_TYPES:
+            # Never store or serve, under this mirror's name, content typed as something
+            # else (text/html from a hostile upstream would be a stored XSS).
+            raise UpstreamProtocolError(
+                f"manifest {route}:{reference} has an unsupported media type {media_type[:80]!r}"
+            )
         stored = await self._store_manifest(route, actual, media_type, body, parsed.references)
         if tag is not None and stored:
             await self._record(self.index.set_tag(route.key, tag, actual))

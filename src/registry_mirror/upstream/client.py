@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ MAX_REDIRECTS: Final = 5
 MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024  # registry:2's limit
 MAX_TAG_PAGES: Final = 100
 MAX_TOKEN_RESPONSE: Final = 1024 * 1024
+MAX_TAG_LIST: Final = 16 * 1024 * 1024
 BLOB_CHUNK: Final = 256 * 1024
 
 
@@ -155,11 +157,12 @@ class Upstream:
     async def list_tags(self, repo: str) -> list[str]:
         tags: list[str] = []
         path = "tags/list"
+        seen: set[str] = set()
         for _ in range(MAX_TAG_PAGES):
             response = await self._request("GET", repo, path, {"Accept": "application/json"})
             try:
-                body = await response.json(content_type=None)
-            except (ValueError, aiohttp.ClientError) as exc:
+                body = json.loads((await _read_limited(response, MAX_TAG_LIST)).decode())
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise UpstreamProtocolError(f"unreadable tag list for {repo}") from exc
             finally:
                 response.release()
@@ -172,7 +175,14 @@ class Upstream:
             next_url = _next_link(response.headers.get("Link"))
             if next_url is None:
                 return tags
-            path = "tags/list?" + (URL(next_url).query_string or "")
+            try:
+                query = URL(next_url).query_string
+            except ValueError:
+                raise UpstreamProtocolError(f"unreadable tag list link for {repo}") from None
+            if query in seen:  # a link back to a page already read: stop there
+                return tags
+            seen.add(query)
+            path = "tags/list?" + query
         return tags
 
     # --- transport, auth, redirects -------------------------------------------
@@ -272,16 +282,20 @@ class Upstream:
                 f"{self.name}'s token service unreachable: {_describe(exc)}"
             ) from exc
         try:
-            body = json.loads(raw)
+            body = json.loads(raw.decode())
             token = body.get("token") or body.get("access_token")
             expires_in = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, AttributeError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             raise UpstreamAuthFailed(
                 f"{self.name}'s token service sent an unreadable token"
             ) from exc
-        if not isinstance(token, str) or not token:
+        if not isinstance(token, str) or not token or len(token) > 64 * 1024:
             raise UpstreamAuthFailed(f"{self.name}'s token service sent no token")
-        self._tokens.put(scope, token, max(expires_in, 1.0))
+        if not all(33 <= ord(c) < 127 for c in token):
+            raise UpstreamAuthFailed(f"{self.name}'s token service sent a malformed token")
+        if not math.isfinite(expires_in) or expires_in <= 0:
+            expires_in = 60.0  # the distribution spec's default
+        self._tokens.put(scope, token, min(max(expires_in, 10.0), 86400.0))
 
     async def _send_following(
         self, method: str, url: URL, headers: dict[str, str], auth: str | None
