@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -64,7 +64,7 @@ from tests.support.images import (  # noqa: E402
     push_image,
     push_manifest,
 )
-from tests.support.ports import free_port  # noqa: E402
+from tests.support.mirror import MirrorError, MirrorProcess  # noqa: E402
 from tests.support.registry import RegistryError, RegistryProcess  # noqa: E402
 
 T = TypeVar("T")
@@ -168,111 +168,6 @@ class BenchError(RuntimeError):
         super().__init__(message)
         self.details = details or {}
         self.value = value  # the figure measured despite the failure, if any
-
-
-class MirrorProcess:
-    """``registry-mirror serve`` as a subprocess on 127.0.0.1, logs in ``workdir``."""
-
-    def __init__(self, workdir: Path, upstream_url: str, binary: Path) -> None:
-        self.workdir = workdir
-        self.upstream_url = upstream_url
-        self.binary = binary
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._logs: list[IO[bytes]] = []
-
-    @property
-    def stderr_path(self) -> Path:
-        return self.workdir / "stderr.log"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise BenchError("mirror not started")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            self.port = free_port()
-            offset = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
-            out = (self.workdir / "stdout.log").open("ab")
-            err = self.stderr_path.open("ab")
-            self._logs += [out, err]
-            self._proc = subprocess.Popen(
-                [
-                    str(self.binary),
-                    "serve",
-                    "--addr",
-                    self.host,
-                    "--upstream",
-                    self.upstream_url,
-                    "--root",
-                    str(self.workdir / "root"),
-                    "--proxy-dockerhub",
-                    "false",
-                    "--log-level",
-                    "warning",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=_clean_env(),
-                start_new_session=True,
-            )
-            deadline = time.monotonic() + timeout
-            while True:
-                rc = self._proc.poll()
-                if rc is not None:
-                    tail = self.stderr_tail(since=offset)
-                    if "in use" in tail:
-                        break  # port taken meanwhile: try another one
-                    raise BenchError(f"registry-mirror exited with {rc} at startup:\n{tail}")
-                if http_status(self.host, "/v2/") == 200:
-                    return
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BenchError(
-                        f"registry-mirror did not answer GET /v2/ within {timeout}s:\n"
-                        + self.stderr_tail(since=offset)
-                    )
-                time.sleep(0.05)
-        raise BenchError("registry-mirror: no free port after 5 attempts")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for f in self._logs:
-            f.close()
-        self._logs.clear()
-
-    def stderr_tail(self, lines: int = 40, since: int = 0) -> str:
-        try:
-            with self.stderr_path.open("rb") as f:
-                f.seek(since)
-                data = f.read()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -607,7 +502,14 @@ class Config:
     media: Literal["oci", "docker"]
 
 
-MEASURE_ERRORS = (BenchError, RegistryError, OSError, subprocess.SubprocessError, ValueError)
+MEASURE_ERRORS = (
+    BenchError,
+    RegistryError,
+    MirrorError,
+    OSError,
+    subprocess.SubprocessError,
+    ValueError,
+)
 Measurement = Callable[[Target], tuple[float, dict[str, Any]]]
 
 
@@ -1287,9 +1189,15 @@ def bench(args: argparse.Namespace, cfg: Config, tmp: Path) -> tuple[list[Row], 
         upstream.start()
         images = push_images(cfg, upstream.url)
 
-        mirror = MirrorProcess(tmp / "mirror", upstream.url, args.mirror_bin)
+        mirror = MirrorProcess(
+            tmp / "mirror",
+            upstream.url,
+            args=["--log-level", "warning"],
+            dockerhub=False,
+            binary=str(args.mirror_bin),
+        )
         stack.callback(mirror.stop)
-        mirror.start()
+        mirror.start(timeout=30)
         proxy = RegistryProcess(tmp / "registry2-proxy", proxy_remoteurl=upstream.url)
         stack.callback(proxy.stop)
         proxy.start()
@@ -1461,7 +1369,7 @@ def bench(args: argparse.Namespace, cfg: Config, tmp: Path) -> tuple[list[Row], 
         mirror_stderr = mirror.stderr_tail(200)
         env_info["mirror_stderr_tail"] = mirror_stderr.splitlines()[-50:]
         if mirror_stderr.strip():
-            n = len(mirror.stderr_path.read_text(errors="replace").splitlines())
+            n = len(mirror.log().splitlines())
             console.rule(f"{MIRROR_NAME} stderr ({n} lines at level warning; last 20)")
             console.print("\n".join(mirror_stderr.splitlines()[-20:]), markup=False)
     return list(rows.values()), env_info

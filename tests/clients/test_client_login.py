@@ -132,41 +132,12 @@ def auth_mirror(
 
 
 class LoginPodman(Podman):
-    """:class:`Podman` that can also run a command expected to fail, and take extra
-    environment variables."""
+    """:class:`Podman` with extra environment variables."""
 
     extra_env: dict[str, str] = {}  # noqa: RUF012 - replaced, never mutated
 
     def env(self) -> dict[str, str]:
         return {**super().env(), **self.extra_env}
-
-    def attempt(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        w = self.workdir
-        command = [
-            self.binary,
-            "--root",
-            str(w / "root"),
-            "--runroot",
-            str(self.runroot),
-            "--tmpdir",
-            str(w / "libpod"),
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            *args,
-        ]
-        return subprocess.run(
-            command,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
 
 
 @pytest.fixture

@@ -76,7 +76,8 @@ class Podman:
             "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf),
         }
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def attempt(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run podman with this instance's storage and config; the caller judges the result."""
         w = self.workdir
         command = [
             self.binary,
@@ -94,7 +95,7 @@ class Podman:
             "file",
             *args,
         ]
-        proc = subprocess.run(
+        return subprocess.run(
             command,
             env=self.env(),
             capture_output=True,
@@ -103,6 +104,9 @@ class Podman:
             stdin=subprocess.DEVNULL,
             check=False,
         )
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = self.attempt(*args, timeout=timeout)
         assert proc.returncode == 0, f"{' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
         return proc
 

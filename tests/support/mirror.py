@@ -42,7 +42,9 @@ class MirrorProcess:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         dockerhub: bool = True,
+        binary: str | None = None,
     ) -> None:
+        self.binary = binary or mirror_binary()
         self.root = Path(root)
         self.upstream = upstream
         self.args = list(args or [])
@@ -67,7 +69,7 @@ class MirrorProcess:
         return self._proc.pid
 
     def command(self) -> list[str]:
-        cmd = [mirror_binary(), "serve", "--addr", self.host, "--root", str(self.root)]
+        cmd = [self.binary, "serve", "--addr", self.host, "--root", str(self.root)]
         if self.upstream is not None:
             cmd += ["--upstream", self.upstream]
         cmd += ["--proxy-dockerhub", "true" if self.dockerhub else "false"]
@@ -151,6 +153,13 @@ class MirrorProcess:
     def restart(self) -> Self:
         self.stop()
         return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def log(self) -> str:
         with contextlib.suppress(OSError):

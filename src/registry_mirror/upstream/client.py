@@ -204,15 +204,17 @@ class Upstream:
         scope = self._scope(repo)
         url = self._url(repo, path)
         renewed = False
+        auth = self._auth_header(scope)
         while True:
-            auth = self._auth_header(scope)
             response = await self._send_following(method, url, headers, auth)
             if response.status != 401:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             response.release()
             # An anonymous attempt learns the challenge; a token refused is renewed once;
-            # refused Basic credentials, or a renewed token refused again, are final.
+            # refused Basic credentials, or a renewed token refused again, are final. The
+            # credentials just obtained are sent as they are (whatever lifetime was
+            # announced), so this loop ends after two authentications at most.
             if renewed or (auth is not None and auth == self._basic):
                 raise UpstreamAuthFailed(
                     f"{self.name} refused the credentials for {repo}"
@@ -220,7 +222,7 @@ class Upstream:
                     else f"{self.name} requires authentication for {repo}"
                 )
             renewed = auth is not None
-            await self._authenticate(challenge, scope, repo)
+            auth = await self._authenticate(challenge, scope, repo)
         self._note_ratelimit(response)
         if 200 <= response.status < 300:
             return response
@@ -235,20 +237,21 @@ class Upstream:
             return self._basic
         return None
 
-    async def _authenticate(self, challenge: Challenge | None, scope: str, repo: str) -> None:
+    async def _authenticate(self, challenge: Challenge | None, scope: str, repo: str) -> str:
+        """Answer a challenge: the ``Authorization`` value to send next."""
         if challenge is None:
             raise UpstreamAuthFailed(f"{self.name} answered 401 without a usable challenge")
         if challenge.scheme == "basic":
             if self._basic is None:
                 raise UpstreamAuthFailed(f"{self.name} requires credentials for {repo}")
             self._uses_basic = True
-            return
+            return self._basic
         if challenge.scheme != "bearer" or not challenge.params.get("realm"):
             raise UpstreamAuthFailed(f"{self.name} asked for unsupported auth {challenge.scheme}")
         self._tokens.drop(scope)
-        await self._fetch_token(challenge, scope)
+        return f"Bearer {await self._fetch_token(challenge, scope)}"
 
-    async def _fetch_token(self, challenge: Challenge, scope: str) -> None:
+    async def _fetch_token(self, challenge: Challenge, scope: str) -> str:
         try:
             realm = URL(challenge.params["realm"])
         except ValueError:
@@ -295,7 +298,8 @@ class Upstream:
             raise UpstreamAuthFailed(f"{self.name}'s token service sent a malformed token")
         if not math.isfinite(expires_in) or expires_in <= 0:
             expires_in = 60.0  # the distribution spec's default
-        self._tokens.put(scope, token, min(max(expires_in, 10.0), 86400.0))
+        self._tokens.put(scope, token, min(expires_in, 86400.0))
+        return token
 
     async def _send_following(
         self, method: str, url: URL, headers: dict[str, str], auth: str | None
