@@ -41,7 +41,7 @@ __all__ = ["BlobFill", "FillFailed", "Uncacheable"]
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
-READ_CHUNK: Final = 1024 * 1024
+READ_CHUNK: Final = 256 * 1024
 
 
 class BlobFill:
