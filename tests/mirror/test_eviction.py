@@ -37,7 +37,16 @@ def on_disk(mirror: MirrorProcess) -> set[str]:
 
 
 def disk_bytes(mirror: MirrorProcess) -> int:
-    return sum(p.stat().st_blocks * 512 for p in (mirror.root / "blobs").rglob("*") if p.is_file())
+    """Bytes on disk of the cached blobs (eviction may remove files while we count)."""
+    total = 0
+    for path in (mirror.root / "blobs").rglob("*"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.is_file():
+            total += stat.st_blocks * 512
+    return total
 
 
 def hexes(image: PushedImage) -> set[str]:
