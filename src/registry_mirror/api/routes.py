@@ -25,6 +25,7 @@ from registry_mirror.reference import (
     parse_reference,
     parse_repo_name,
 )
+from registry_mirror.storage import StorageError
 
 __all__ = ["MIRROR_KEY", "SENDFILE_KEY", "setup_routes"]
 
@@ -175,7 +176,7 @@ async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
 async def _blob_get(
     request: web.Request, mirror: Mirror, route: Route, digest: Digest, headers: dict[str, str]
 ) -> web.StreamResponse:
-    source = await mirror.blob(route, digest)
+    source, fd = await _open_source(mirror, route, digest)
     span: tuple[int, int] | None = None
     if source.size is not None:
         try:
@@ -195,26 +196,34 @@ async def _blob_get(
         response.content_length = source.size
     start, end = span if span is not None else (0, source.size)
     with mirror.hold(digest):
-        if source.path is not None:
-            return await _send_file(request, response, source, start, end)
+        if fd is not None:
+            assert source.size is not None
+            count = (source.size if end is None else end) - start
+            return await _send_file(request, response, fd, start, count)
         return await _send_live(request, response, source, start, end)
 
 
+async def _open_source(
+    mirror: Mirror, route: Route, digest: Digest
+) -> tuple[BlobSource, int | None]:
+    """The blob's source and, for a cache hit, an open descriptor of its file. A file
+    evicted between the lookup and the open is asked for again (then through a fill)."""
+    for _ in range(2):
+        source = await mirror.blob(route, digest)
+        if source.path is None:
+            return source, None
+        try:
+            fd = await asyncio.to_thread(os.open, source.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        return source, fd
+    raise StorageError(f"{digest} disappeared from the cache twice while being opened")
+
+
 async def _send_file(
-    request: web.Request,
-    response: web.StreamResponse,
-    source: BlobSource,
-    start: int,
-    end: int | None,
+    request: web.Request, response: web.StreamResponse, fd: int, start: int, count: int
 ) -> web.StreamResponse:
-    """A cache hit: zero-copy with sendfile."""
-    assert source.path is not None and source.size is not None
-    count = (source.size if end is None else end) - start
-    try:
-        fd = await asyncio.to_thread(os.open, source.path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        # Evicted between the lookup and now: serve it through a fresh fill.
-        return await blob(request, *_split(request))
+    """A cache hit: ``count`` bytes from ``start``, zero-copy with sendfile. Closes ``fd``."""
     try:
         await response.prepare(request)
         transport = request.transport
@@ -230,17 +239,12 @@ async def _send_file(
         request[BODY_BYTES] = count
         await response.write_eof()
     except ConnectionError as exc:
-        log.debug("client went away during %s: %s", source.digest, exc)
+        log.debug("client went away during %s: %s", request.path, exc)
         if request.transport is not None:
             request.transport.abort()
     finally:
         os.close(fd)
     return response
-
-
-def _split(request: web.Request) -> tuple[str, str]:
-    name, _, ref = request.match_info["path"].rpartition("/blobs/")
-    return name, ref
 
 
 async def _send_live(

@@ -198,25 +198,15 @@ class SQLiteIndex:
         self, repo: str, record: ManifestRecord, references: list[Digest]
     ) -> None:
         def put(db: sqlite3.Connection) -> None:
-            now = time.time()
-            repo_id = self._repo_id(db, repo)
             db.execute(
                 "INSERT OR REPLACE INTO manifests (digest, media_type, size) VALUES (?, ?, ?)",
                 (str(record.digest), record.media_type, record.size),
-            )
-            db.execute(
-                "INSERT OR IGNORE INTO blobs (digest, size, created_at, last_access)"
-                " VALUES (?, ?, ?, ?)",
-                (str(record.digest), record.size, now, now),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO manifest_refs (manifest, child) VALUES (?, ?)",
                 [(str(record.digest), str(ref)) for ref in references],
             )
-            db.execute(
-                "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
-                (repo_id, str(record.digest)),
-            )
+            self._add_content(db, repo, record.digest, record.size)
 
         await self._run(put)
 
@@ -230,22 +220,23 @@ class SQLiteIndex:
         return await self._run(get)
 
     async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None:
-        def put(db: sqlite3.Connection) -> None:
-            now = time.time()
-            db.execute(
-                "INSERT OR IGNORE INTO blobs (digest, size, created_at, last_access)"
-                " VALUES (?, ?, ?, ?)",
-                (str(digest), size, now, now),
-            )
-            if repo is None:
-                return
-            repo_id = self._repo_id(db, repo)
+        await self._run(lambda db: self._add_content(db, repo, digest, size))
+
+    def _add_content(
+        self, db: sqlite3.Connection, repo: str | None, digest: Digest, size: int
+    ) -> None:
+        """A blob or manifest row, and which repository it came through (if known)."""
+        now = time.time()
+        db.execute(
+            "INSERT OR IGNORE INTO blobs (digest, size, created_at, last_access)"
+            " VALUES (?, ?, ?, ?)",
+            (str(digest), size, now, now),
+        )
+        if repo is not None:
             db.execute(
                 "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
-                (repo_id, str(digest)),
+                (self._repo_id(db, repo), str(digest)),
             )
-
-        await self._run(put)
 
     async def repositories(self) -> list[str]:
         def get(db: sqlite3.Connection) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
 MANIFEST_MEMORY: Final = 8 * 1024 * 1024  # bytes of manifest bodies kept in memory
-STALE_LOG_INTERVAL: Final = 60.0
 DEFAULT_PLATFORM: Final = Platform("linux", "amd64")
 
 
@@ -124,8 +122,7 @@ class Mirror:
         self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
         self._manifest_fetches: SingleFlight[Digest, Manifest] = SingleFlight("manifest fetches")
         self._fills: dict[Digest, BlobFill] = {}
-        self._stale_logged: dict[str, float] = {}
-        self.fills_started = 0
+        self._stale_log = ThrottledLog(log)  # once a minute per repository
         self._serving: Counter[str] = Counter()
         self._reconciler: asyncio.Task[None] | None = None
         self._storage_log = ThrottledLog(log)
@@ -253,13 +250,14 @@ class Mirror:
         return Manifest(cached.digest, cached.media_type, cached.size, cached.body, stale=True)
 
     def _log_stale(self, route: Route, tag: str, exc: UpstreamError) -> None:
-        now = time.monotonic()
-        last = self._stale_logged.get(route.key)
-        if last is None or now - last > STALE_LOG_INTERVAL:
-            if len(self._stale_logged) > 10_000:
-                self._stale_logged.clear()
-            self._stale_logged[route.key] = now
-            log.warning("upstream unusable (%s); serving %s:%s from cache", exc, route, tag)
+        self._stale_log(
+            route.key,
+            logging.WARNING,
+            "upstream unusable (%s); serving %s:%s from cache",
+            exc,
+            route,
+            tag,
+        )
 
     async def _by_digest(self, route: Route, digest: Digest, tag: str | None = None) -> Manifest:
         cached = await self._cached_manifest(digest)
@@ -336,9 +334,7 @@ class Mirror:
             self.evictor.added(info.disk)
             self._memory.put(digest, media_type, body)
         except (StorageError, IndexError_) as exc:
-            self._storage_log(
-                "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
-            )
+            self._storage_failing(exc)
             return False
         return True
 
@@ -372,36 +368,41 @@ class Mirror:
     async def blob(self, route: Route, digest: Digest) -> BlobSource:
         """A cache hit (a file) or a fill in progress; starts the fill on a miss."""
         fill = self._fills.get(digest)
+        # A fill forgets itself only after its commit, so looking at the store twice (with
+        # the table in between) closes the window where a blob is in neither.
+        for _ in range(2):
+            if fill is not None:
+                break
+            hit = await self._cached_blob(digest)
+            if hit is not None:
+                return hit
+            fill = self._fills.get(digest)
         if fill is None:
-            info = await self.store.stat(digest)
-            if info is not None:
-                self.index.touch(digest)
-                return BlobSource(digest, info.size, path=self.store.local_path(digest))
-            fill = self._fills.get(digest)  # another request may have started one meanwhile
-            if fill is None:
-                # A fill forgets itself only after its commit: a second look at the store
-                # closes the window between the first look and the table.
-                info = await self.store.stat(digest)
-                if info is not None:
-                    self.index.touch(digest)
-                    return BlobSource(digest, info.size, path=self.store.local_path(digest))
-                fill = self._fills.get(digest)
-            if fill is None:
-                if self.max_fetches and len(self._fills) >= self.max_fetches:
-                    raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
-                fill = BlobFill(digest, route, self.store, self._blob_committed)
-                self._fills[digest] = fill
-                self.fills_started += 1
-                fill.start().add_done_callback(lambda _t: self._fills.pop(digest, None))
+            if self.max_fetches and len(self._fills) >= self.max_fetches:
+                raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
+            fill = BlobFill(digest, route, self.store, self._blob_committed)
+            self._fills[digest] = fill
+            fill.start().add_done_callback(lambda _t: self._fills.pop(digest, None))
         try:
             size = await fill.ready()
         except Uncacheable as exc:
-            self._storage_log(
-                "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
-            )
+            self._storage_failing(exc)
             stream = await route.upstream.get_blob(route.repo, digest)
             return BlobSource(digest, stream.size, live=DirectBlob(digest, stream))
         return BlobSource(digest, size, live=fill)
+
+    async def _cached_blob(self, digest: Digest) -> BlobSource | None:
+        info = await self.store.stat(digest)
+        if info is None:
+            return None
+        self.index.touch(digest)
+        return BlobSource(digest, info.size, path=self.store.local_path(digest))
+
+    def _storage_failing(self, exc: Exception) -> None:
+        """Logged once a minute, not once a request, while the store is failing."""
+        self._storage_log(
+            "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
+        )
 
     async def _blob_committed(self, route: Route, digest: Digest, info: BlobInfo) -> None:
         if await self._record(self.index.put_blob(route.key, digest, info.size)):
@@ -416,9 +417,7 @@ class Mirror:
         try:
             await write
         except IndexError_ as exc:
-            self._storage_log(
-                "storage", logging.ERROR, "cache storage failing, serving without caching: %s", exc
-            )
+            self._storage_failing(exc)
             return False
         return True
 

@@ -23,7 +23,6 @@ class SingleFlight(Generic[K, V]):
     def __init__(self, name: str) -> None:
         self.name = name
         self._tasks: dict[K, asyncio.Task[V]] = {}
-        self.started = 0  # how many leaders ran: what the coalescing saved is visible
 
     def __repr__(self) -> str:
         keys = ", ".join(repr(k) for k in list(self._tasks)[:5])
@@ -37,7 +36,6 @@ class SingleFlight(Generic[K, V]):
         task = self._tasks.get(key)
         if task is None:
             task = asyncio.ensure_future(fn())
-            self.started += 1
             self._tasks[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
         return await asyncio.shield(task)
