@@ -83,6 +83,7 @@ from tests.support.clients import DroppingProxy, mirror_access_lines, registries
 from tests.support.images import PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess, make_htpasswd_line
+from tests.support.skopeo import assert_dir_copy
 
 PASSWORD = "Cl13nt-l0gin-s3cret"
 REALM = "Registry Mirror"
@@ -96,6 +97,21 @@ def assert_secret_not_logged(mirror: MirrorProcess) -> None:
 
 
 # --- fixtures ------------------------------------------------------------------------------
+
+
+def login_args(authfile: str, host: str, user: str, password: str) -> list[str]:
+    """``login`` as podman and skopeo both spell it, to an auth file of the test's."""
+    return [
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        str(authfile),
+        "-u",
+        user,
+        "-p",
+        password,
+        host,
+    ]
 
 
 @pytest.fixture
@@ -183,15 +199,7 @@ def test_podman_login_then_pull_from_the_mirror_host(
     assert "unauthorized" in refused.stderr.lower() or "401" in refused.stderr, refused.stderr
 
     podman.run(
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        str(authfile),
-        "-u",
-        "carol",
-        "-p",
-        PASSWORD,
-        auth_mirror.host,
+        *login_args(str(authfile), auth_mirror.host, "carol", PASSWORD),
     )
     stored = json.loads(authfile.read_text())["auths"]
     assert list(stored) == [auth_mirror.host]
@@ -206,15 +214,7 @@ def test_podman_wrong_password_is_refused_at_login(
 ) -> None:
     authfile = podman.workdir / "auth.json"
     proc = podman.attempt(
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        str(authfile),
-        "-u",
-        "carol",
-        "-p",
-        "not-the-password",
-        auth_mirror.host,
+        *login_args(str(authfile), auth_mirror.host, "carol", "not-the-password"),
     )
     assert proc.returncode != 0
     assert "invalid username/password" in proc.stderr, proc.stderr
@@ -313,24 +313,14 @@ def test_skopeo_login_authfile_and_src_creds(
 
     login = skopeo(
         tmp_path,
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        str(authfile),
-        "-u",
-        "carol",
-        "-p",
-        PASSWORD,
-        auth_mirror.host,
+        *login_args(str(authfile), auth_mirror.host, "carol", PASSWORD),
     )
     assert login.returncode == 0, login.stderr
     assert list(json.loads(authfile.read_text())["auths"]) == [auth_mirror.host]
 
     with_file = copy("with-file", "--authfile", str(authfile))
     assert with_file.returncode == 0, with_file.stderr
-    assert (tmp_path / "with-file" / "manifest.json").read_bytes() == private.manifest
-    for digest, data in private.blobs.items():
-        assert (tmp_path / "with-file" / digest.removeprefix("sha256:")).read_bytes() == data
+    assert_dir_copy(tmp_path / "with-file", private)
 
     with_creds = copy("with-creds", "--src-creds", f"carol:{PASSWORD}")
     assert with_creds.returncode == 0, with_creds.stderr
@@ -344,15 +334,7 @@ def test_skopeo_login_authfile_and_src_creds(
 
     bad_login = skopeo(
         tmp_path,
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        str(tmp_path / "bad-auth.json"),
-        "-u",
-        "carol",
-        "-p",
-        "not-the-password",
-        auth_mirror.host,
+        *login_args(str(tmp_path / "bad-auth.json"), auth_mirror.host, "carol", "not-the-password"),
     )
     assert bad_login.returncode != 0
 

@@ -88,6 +88,7 @@ from tests.support.clients import mirror_access_lines, require_tools
 from tests.support.images import PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.skopeo import assert_dir_copy
 
 HUB, GHCR, EXAMPLE = "docker.io", "ghcr.io", "registry.example.com"
 REGISTRIES = (HUB, GHCR, EXAMPLE)
@@ -340,9 +341,7 @@ def test_skopeo_copies_ghcr_image_through_registries_conf(multi: Multi, tmp_path
 
     assert proc.returncode == 0, proc.stderr
     assert f'Loading registries configuration \\"{conf}\\"' in proc.stderr
-    assert (dest / "manifest.json").read_bytes() == image.manifest
-    for digest, data in image.blobs.items():
-        assert (dest / digest.removeprefix("sha256:")).read_bytes() == data
+    assert_dir_copy(dest, image)
     assert_upstreams_served_only_their_own(multi, images, registries=(GHCR,))
     access = mirror_access_lines(multi.mirror.log())
     assert ("GET", "/v2/ghcr.io/owner/b/manifests/1") in access

@@ -35,6 +35,7 @@ from tests.support.clients import mirror_access_lines, registries_conf, require_
 from tests.support.images import push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.skopeo import assert_dir_copy
 
 
 def skopeo_copy(
@@ -81,9 +82,8 @@ def test_skopeo_copy_uses_registries_conf_mirror(
 
     assert proc.returncode == 0, proc.stderr
     assert f'Loading registries configuration \\"{conf}\\"' in proc.stderr
-    assert (dest / "manifest.json").read_bytes() == image.manifest
-    for digest, data in image.blobs.items():
-        assert (dest / digest.removeprefix("sha256:")).read_bytes() == data
+    assert_dir_copy(dest, image)
+    for digest in image.blobs:
         assert upstream.count("GET", rf"/blobs/{digest}$") == 1, digest
     requests = mirror_access_lines(mirror.log())
     assert ("GET", "/v2/library/skoapp/manifests/3.1") in requests

@@ -6,7 +6,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["SkopeoError", "skopeo_binary", "skopeo_copy", "skopeo_inspect_raw"]
+from .images import PushedImage
+
+__all__ = [
+    "SkopeoError",
+    "assert_dir_copy",
+    "skopeo_binary",
+    "skopeo_copy",
+    "skopeo_inspect_raw",
+]
 
 
 class SkopeoError(RuntimeError):
@@ -70,3 +78,11 @@ def skopeo_inspect_raw(
         args += ["--creds", f"{creds[0]}:{creds[1]}"]
     args.append(f"docker://{host}/{ref}")
     return _run(args, timeout).stdout.encode()
+
+
+def assert_dir_copy(dest: Path, image: PushedImage) -> None:
+    """What ``skopeo copy … dir:DEST`` wrote is the image byte for byte: the manifest as
+    pushed and every blob under its hex digest."""
+    assert (dest / "manifest.json").read_bytes() == image.manifest
+    for digest, data in image.blobs.items():
+        assert (dest / digest.removeprefix("sha256:")).read_bytes() == data, digest
