@@ -191,21 +191,19 @@ class AccessPolicy:
             raise self.challenge("invalid username or password")
         return user
 
-    def anonymous_may_read(self, key: str) -> bool:
-        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.anonymous)
-
     def authorize(self, request: web.Request, key: str) -> None:
         """A repository read: logged-in users read everything; anonymous clients what
         the anonymous policy allows. Also counts the repository for the client's limit."""
-        anonymous = self.htpasswd is not None and request.get(USER) is None
-        if anonymous and not self.anonymous_may_read(key):
+        if not self.may_read(request, key):
             raise self.challenge()
         self.limiter.repository(request[CLIENT], key)
 
-    def may_list(self, request: web.Request, key: str) -> bool:
-        return (
-            self.htpasswd is None or request.get(USER) is not None or (self.anonymous_may_read(key))
-        )
+    def may_read(self, request: web.Request, key: str) -> bool:
+        """Without htpasswd everyone reads everything; with it, logged-in users do, and
+        anonymous clients what the anonymous policy names."""
+        if self.htpasswd is None or request.get(USER) is not None:
+            return True
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.anonymous)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -322,7 +322,7 @@ async def catalog(request: web.Request) -> web.StreamResponse:
     _read_only(request)
     mirror = _mirror(request)
     policy = request.app[ACCESS_KEY]
-    names = [name for name, key in await mirror.catalog_keys() if policy.may_list(request, key)]
+    names = [name for name, key in await mirror.catalog_keys() if policy.may_read(request, key)]
     page, link = _paginate(names, request, CATALOG_DEFAULT_PAGE)
     response = web.Response(
         text=json.dumps({"repositories": page}), content_type="application/json"
