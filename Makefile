@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := docker-registry skopeo podman containerd
+DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy
 
 .PHONY: run test lint bench deps venv
 

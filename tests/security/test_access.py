@@ -4,8 +4,6 @@ connections, TLS with reload, and secrets that never leave the mirror."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import signal
 import socket
@@ -16,10 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from registry_mirror.cli import _exposure_warning
 from registry_mirror.config import load_settings
@@ -28,6 +22,7 @@ from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess, make_htpasswd_line
+from tests.support.tls import make_cert
 
 PASSWORD = "Pa55-for-the-mirror"
 
@@ -248,37 +243,6 @@ def test_header_limits_and_idle_connections(
     with httpx.Client(base_url=mirror.url, trust_env=False) as client:
         assert client.get("/v2/").status_code == 200
     assert "Traceback" not in mirror.log()
-
-
-def make_cert(directory: Path, name: str) -> tuple[Path, Path, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path, cert.public_bytes(serialization.Encoding.DER)
 
 
 def presented_cert(port: int) -> bytes:

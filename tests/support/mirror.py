@@ -61,7 +61,7 @@ class MirrorProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def pid(self) -> int:
