@@ -14,6 +14,7 @@ from aiohttp import web
 from registry_mirror.api import (
     MIRROR_KEY,
     SENDFILE_KEY,
+    WRITE_TIMEOUT_KEY,
     SendfileReactor,
     add_api_version,
     error_middleware,
@@ -51,6 +52,7 @@ def create_app(
         middlewares=[access_middleware, error_middleware], client_max_size=1024 * 1024
     )
     app[ACCESS_KEY] = AccessPolicy(settings)
+    app[WRITE_TIMEOUT_KEY] = settings.http.write_timeout
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -84,7 +86,7 @@ def create_app(
         )
         await mirror.start()
         app[MIRROR_KEY] = mirror
-        reactor = SendfileReactor()
+        reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
         app[SENDFILE_KEY] = reactor
         flusher = asyncio.create_task(_flush_forever(index))
         for entry in router.entries:

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import ipaddress
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -119,9 +120,25 @@ def _limit_malloc_arenas() -> None:
         libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection, cached file and staging file is a descriptor: raise the soft
+    limit (often 1024) to the hard one, as Go programs do at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft in (resource.RLIM_INFINITY, hard):
+        return
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's nr_open default
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("could not raise the open files limit from %d: %s", soft, exc)
+        return
+    log.debug("open files limit raised from %d to %d", soft, target)
+
+
 def serve(settings: Settings, ignored: list[str]) -> int:
     _limit_malloc_arenas()
     _setup_logging(settings)
+    _raise_open_files_limit()
     for key in ignored:
         log.info("config key %s is accepted for registry:2 compatibility and has no effect", key)
     try:

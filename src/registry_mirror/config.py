@@ -161,6 +161,7 @@ class HTTPSettings(_Section):
     addr: str = ":5000"
     tls: TLSSettings = TLSSettings()
     idle_timeout: Duration = 75.0  # a connection must send a whole request within this
+    write_timeout: Duration = 300.0  # a client that takes no response bytes this long is dropped
     max_headers: int = 100
     max_header_size: Size = 8190
 
@@ -294,7 +295,7 @@ class LimitSettings(_Section):
     requests_per_second: float = 0.0  # per client, sustained
     burst: int = 100  # per client, above the sustained rate
     downloads_per_client: int = 0  # concurrent blob downloads per client
-    upstream_fetches: int = 0  # concurrent upstream downloads, all clients together
+    upstream_fetches: int = 64  # concurrent upstream downloads, all clients together
     repositories_per_client: int = 0  # distinct repositories per client per window
     window: Duration = 600.0
 

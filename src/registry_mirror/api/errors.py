@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -83,8 +84,31 @@ def error_response(error: RegistryError, method: str = "GET") -> web.Response:
     )
 
 
+OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
+DESCRIPTORS_RETRY_AFTER: Final = 1
+
+
+def _out_of_descriptors(exc: BaseException) -> bool:
+    """The process or the system has no file descriptor left (anywhere in the chain)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_DESCRIPTORS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def translate(exc: BaseException, kind: str) -> RegistryError:
     """Map any failure to the spec's error; the only such mapping in the program."""
+    if _out_of_descriptors(exc):
+        return RegistryError(
+            503,
+            "UNAVAILABLE",
+            "server busy: out of file descriptors, try again shortly",
+            headers={"Retry-After": str(DESCRIPTORS_RETRY_AFTER)},
+        )
     match exc:
         case RegistryError():
             return exc
@@ -152,6 +176,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as exc:
         error = translate(exc, request.get("kind", ""))
+        if request.writer.output_size > 0:
+            # The headers (and maybe part of the body) are out: a second response would
+            # land in the body. Cut the connection; the client sees an incomplete answer.
+            log.warning(
+                "%s %s failed after the response started, connection cut: %s: %s",
+                request.method,
+                request.path,
+                type(exc).__name__,
+                exc,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=error.status)  # never sent; for the access log
         if error.status >= 500:
             detail = "" if error.detail is None else f": {error.detail}"
             log.warning(

@@ -7,6 +7,8 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
@@ -19,6 +21,7 @@ from registry_mirror.api.ranges import Unsatisfiable, parse_range
 from registry_mirror.api.sendfile import SendfileReactor
 from registry_mirror.media_types import Accept
 from registry_mirror.mirror import BlobSource, FillFailed, Manifest, Mirror, Route
+from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.reference import (
     Digest,
     parse_digest,
@@ -27,12 +30,15 @@ from registry_mirror.reference import (
 )
 from registry_mirror.storage import StorageError
 
-__all__ = ["MIRROR_KEY", "SENDFILE_KEY", "setup_routes"]
+__all__ = ["MIRROR_KEY", "SENDFILE_KEY", "WRITE_TIMEOUT_KEY", "setup_routes"]
 
 log = logging.getLogger(__name__)
 
 MIRROR_KEY: Final = web.AppKey("mirror", Mirror)
 SENDFILE_KEY: Final = web.AppKey("sendfile", SendfileReactor)
+# How long one body write may wait for a client that takes nothing (http.write_timeout).
+WRITE_TIMEOUT_KEY: Final = web.AppKey("write_timeout", float)
+DEFAULT_WRITE_TIMEOUT: Final = 300.0
 MAX_PATH: Final = 1024
 CATALOG_DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 10_000
@@ -176,18 +182,30 @@ async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
 async def _blob_get(
     request: web.Request, mirror: Mirror, route: Route, digest: Digest, headers: dict[str, str]
 ) -> web.StreamResponse:
-    source, fd = await _open_source(mirror, route, digest)
-    span: tuple[int, int] | None = None
-    if source.size is not None:
+    """A file evicted between the lookup and the open is asked for again (then through a
+    fill). Every descriptor, reader and upstream connection is released on every exit."""
+    for _ in range(2):
+        source = await mirror.blob(route, digest)
         try:
-            span = parse_range(request.headers.get("Range"), source.size)
-        except Unsatisfiable:
-            raise RegistryError(
-                416,
-                "BLOB_UNKNOWN",
-                "requested range not satisfiable",
-                headers={"Content-Range": f"bytes */{source.size}"},
-            ) from None
+            return await _serve_source(request, mirror, source, headers)
+        except _Evicted:
+            continue
+        finally:
+            if isinstance(source.live, DirectBlob):  # its upstream connection, always
+                source.live.close()
+    raise StorageError(f"{digest} disappeared from the cache twice while being opened")
+
+
+class _Evicted(Exception):
+    """The cached file went away between the lookup and the open."""
+
+
+async def _serve_source(
+    request: web.Request, mirror: Mirror, source: BlobSource, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Nothing is opened before the range is known to be satisfiable."""
+    digest = source.digest
+    span = _span(request, source.size)
     response = web.StreamResponse(status=200 if span is None else 206, headers=headers)
     if span is not None:
         response.headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{source.size}"
@@ -196,34 +214,95 @@ async def _blob_get(
         response.content_length = source.size
     start, end = span if span is not None else (0, source.size)
     with mirror.hold(digest):
-        if fd is not None:
-            assert source.size is not None
-            count = (source.size if end is None else end) - start
-            return await _send_file(request, response, fd, start, count)
-        return await _send_live(request, response, source, start, end)
-
-
-async def _open_source(
-    mirror: Mirror, route: Route, digest: Digest
-) -> tuple[BlobSource, int | None]:
-    """The blob's source and, for a cache hit, an open descriptor of its file. A file
-    evicted between the lookup and the open is asked for again (then through a fill)."""
-    for _ in range(2):
-        source = await mirror.blob(route, digest)
         if source.path is None:
-            return source, None
-        try:
-            fd = await asyncio.to_thread(os.open, source.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        return source, fd
-    raise StorageError(f"{digest} disappeared from the cache twice while being opened")
+            return await _send_live(request, response, source, start, end)
+        assert end is not None
+        if _plain_tcp(request):
+            try:
+                fd = await _open_file(source.path)
+            except FileNotFoundError:
+                raise _Evicted from None
+            return await _send_file(request, response, fd, start, end - start)
+        chunks = mirror.store.open(digest, start, end)
+        async with _closing(chunks):
+            try:
+                first = await anext(chunks, b"")
+            except StorageError:
+                if await mirror.store.stat(digest) is None:
+                    raise _Evicted from None
+                raise
+            return await _send_stream(request, response, first, chunks, end - start)
+
+
+@contextlib.asynccontextmanager
+async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Close a byte stream (an async generator holding a descriptor or a reader) as
+    soon as the response is done with it, not whenever it is garbage collected."""
+    try:
+        yield chunks
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _span(request: web.Request, size: int | None) -> tuple[int, int] | None:
+    """The requested byte range ``[start, end)``, None for the whole blob; 416 if unsatisfiable."""
+    if size is None:
+        return None
+    try:
+        return parse_range(request.headers.get("Range"), size)
+    except Unsatisfiable:
+        raise RegistryError(
+            416,
+            "BLOB_UNKNOWN",
+            "requested range not satisfiable",
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from None
+
+
+def _plain_tcp(request: web.Request) -> bool:
+    """Zero-copy is for plain TCP only: under TLS the bytes must pass the TLS transport."""
+    transport = request.transport
+    return (
+        transport is not None
+        and transport.get_extra_info("sslcontext") is None
+        and transport.get_extra_info("ssl_object") is None
+        and transport.get_extra_info("socket") is not None
+    )
+
+
+async def _open_file(path: Path) -> int:
+    """A read descriptor of ``path``, opened in a thread; never lost to a cancellation."""
+    opening = asyncio.ensure_future(asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[int]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        os.close(opening.result())
+
+
+async def _write(request: web.Request, response: web.StreamResponse, chunk: bytes) -> None:
+    """One body write; a client that takes nothing for ``http.write_timeout`` is dropped."""
+    try:
+        async with asyncio.timeout(request.app.get(WRITE_TIMEOUT_KEY, DEFAULT_WRITE_TIMEOUT)):
+            await response.write(chunk)
+    except TimeoutError:
+        raise ConnectionResetError(
+            "client stalled: took nothing within the write timeout"
+        ) from None
 
 
 async def _send_file(
     request: web.Request, response: web.StreamResponse, fd: int, start: int, count: int
 ) -> web.StreamResponse:
-    """A cache hit: ``count`` bytes from ``start``, zero-copy with sendfile. Closes ``fd``."""
+    """A cache hit on plain TCP: ``count`` bytes from ``start``, zero-copy with sendfile.
+    Closes ``fd``."""
     try:
         await response.prepare(request)
         transport = request.transport
@@ -247,6 +326,34 @@ async def _send_file(
     return response
 
 
+async def _send_stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    first: bytes,
+    chunks: AsyncIterator[bytes],
+    count: int,
+) -> web.StreamResponse:
+    """A cache hit under TLS: ``count`` bytes of the file streamed through the TLS
+    transport. A file shorter than that raises StorageError (the connection is cut)."""
+    await response.prepare(request)
+    request[BODY_BYTES] = 0
+    try:
+        if first:
+            await _write(request, response, first)
+            request[BODY_BYTES] += len(first)
+        async for chunk in chunks:
+            await _write(request, response, chunk)
+            request[BODY_BYTES] += len(chunk)
+        if request[BODY_BYTES] != count:
+            raise StorageError(f"cached file ended after {request[BODY_BYTES]} of {count} bytes")
+        await response.write_eof()
+    except ConnectionError as exc:
+        log.debug("client went away during %s: %s", request.path, exc)
+        if request.transport is not None:
+            request.transport.abort()
+    return response
+
+
 async def _send_live(
     request: web.Request,
     response: web.StreamResponse,
@@ -256,20 +363,24 @@ async def _send_live(
 ) -> web.StreamResponse:
     """A miss: stream the bytes as they arrive from upstream; abort if it fails."""
     assert source.live is not None
-    await response.prepare(request)
-    request[BODY_BYTES] = 0
-    try:
-        async for chunk in source.live.stream(start, end):
-            await response.write(chunk)
-            request[BODY_BYTES] += len(chunk)
-    except FillFailed as exc:
-        log.warning("aborting response for %s: %s", source.digest, exc)
-        if request.transport is not None:
-            request.transport.abort()
-        return response
-    except ConnectionError:  # reset, broken pipe, or lost while paused for a slow client
-        log.debug("client went away during %s", source.digest)
-        return response
+    chunks = source.live.stream(start, end)
+    async with _closing(chunks):
+        await response.prepare(request)
+        request[BODY_BYTES] = 0
+        try:
+            async for chunk in chunks:
+                await _write(request, response, chunk)
+                request[BODY_BYTES] += len(chunk)
+        except FillFailed as exc:
+            log.warning("aborting response for %s: %s", source.digest, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except ConnectionError as exc:  # reset, broken pipe, stalled, lost while paused
+            log.debug("client went away during %s: %s", source.digest, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

@@ -33,6 +33,10 @@ class DirectBlob:
     def __repr__(self) -> str:
         return f"<DirectBlob {self.digest} {self.size} bytes>"
 
+    def close(self) -> None:
+        """Release the upstream connection (also when :meth:`stream` never ran)."""
+        self._upstream.close()
+
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         whole = start == 0 and end in (None, self.size)
         position = self._upstream.offset

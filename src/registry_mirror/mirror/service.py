@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
 MANIFEST_MEMORY: Final = 8 * 1024 * 1024  # bytes of manifest bodies kept in memory
 DEFAULT_PLATFORM: Final = Platform("linux", "amd64")
+FETCH_QUEUE_WAIT: Final = 30.0  # a download beyond limits.upstream_fetches waits this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class Mirror:
         self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
         self._manifest_fetches: SingleFlight[Digest, Manifest] = SingleFlight("manifest fetches")
         self._fills: dict[Digest, BlobFill] = {}
+        self._fetch_freed = asyncio.Event()  # set (and replaced) when a download ends
         self._stale_log = ThrottledLog(log)  # once a minute per repository
         self._serving: Counter[str] = Counter()
         self._reconciler: asyncio.Task[None] | None = None
@@ -377,12 +379,15 @@ class Mirror:
             if hit is not None:
                 return hit
             fill = self._fills.get(digest)
+        if fill is None and self.max_fetches and len(self._fills) >= self.max_fetches:
+            await self._fetch_slot()
+            return await self.blob(route, digest)  # look again: it may be cached by now
         if fill is None:
-            if self.max_fetches and len(self._fills) >= self.max_fetches:
-                raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
             fill = BlobFill(digest, route, self.store, self._blob_committed)
             self._fills[digest] = fill
-            fill.start().add_done_callback(lambda _t: self._fills.pop(digest, None))
+            task = fill.start()
+            task.add_done_callback(lambda _t: self._fills.pop(digest, None))
+            task.add_done_callback(self._fetch_done)
         try:
             size = await fill.ready()
         except Uncacheable as exc:
@@ -390,6 +395,24 @@ class Mirror:
             stream = await route.upstream.get_blob(route.repo, digest)
             return BlobSource(digest, stream.size, live=DirectBlob(digest, stream))
         return BlobSource(digest, size, live=fill)
+
+    async def _fetch_slot(self) -> None:
+        """Queue (up to ``FETCH_QUEUE_WAIT``) until the downloads in progress are fewer
+        than ``limits.upstream_fetches``; TooManyFetches after that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FETCH_QUEUE_WAIT
+        while len(self._fills) >= self.max_fetches:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._fetch_freed.wait()
+
+    def _fetch_done(self, _task: asyncio.Task[None]) -> None:
+        """A download ended: wake everyone queued for a slot (they look again)."""
+        freed, self._fetch_freed = self._fetch_freed, asyncio.Event()
+        freed.set()
 
     async def _cached_blob(self, digest: Digest) -> BlobSource | None:
         info = await self.store.stat(digest)
