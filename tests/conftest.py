@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.tls import tls_args
 
 MirrorFactory = Callable[..., MirrorProcess]
 
@@ -51,4 +52,23 @@ def mirror(upstream: RegistryProcess, mirror_factory: MirrorFactory) -> MirrorPr
 @pytest.fixture
 def client(mirror: MirrorProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mirror.url, timeout=60, trust_env=False) as c:
+        yield c
+
+
+@pytest.fixture(params=["http", "tls"])
+def any_mirror(
+    request: pytest.FixtureRequest,
+    upstream: RegistryProcess,
+    mirror_factory: MirrorFactory,
+    tmp_path: Path,
+) -> MirrorProcess:
+    """The mirror in front of ``upstream``, once over plain HTTP and once over its own
+    TLS (a self-signed certificate: clients skip verification)."""
+    args = tls_args(tmp_path / "tls") if request.param == "tls" else []
+    return mirror_factory(upstream.url, args=args)
+
+
+@pytest.fixture
+def any_client(any_mirror: MirrorProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=any_mirror.url, timeout=60, trust_env=False, verify=False) as c:
         yield c

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from tests.support.images import (
 )
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.tls import tls_args
 
 SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
@@ -140,11 +143,14 @@ def test_schema1_only_client_gets_manifest_unknown(client: httpx.Client, oci: Pu
     assert "schema1" in response.json()["errors"][0]["message"]
 
 
-def test_blob_get_head_and_ranges(client: httpx.Client, oci: PushedImage) -> None:
+def test_blob_get_head_and_ranges(any_client: httpx.Client, oci: PushedImage) -> None:
+    """Over plain HTTP (cache hits leave by sendfile) and over the mirror's own TLS
+    (cache hits stream through the TLS transport)."""
+    client = any_client
     digest = oci.layer_digests[-1]
     data = oci.blobs[digest]
     url = f"/v2/library/alpine/blobs/{digest}"
-    for attempt in ("cold", "warm"):
+    for attempt in ("cold", "warm", "hit again"):
         response = client.get(url)
         assert response.status_code == 200, attempt
         assert response.content == data
@@ -173,6 +179,26 @@ def test_blob_get_head_and_ranges(client: httpx.Client, oci: PushedImage) -> Non
     past = client.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert past.status_code == 416
     assert past.headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+def test_curl_cache_hit_over_tls(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    image = push_image(upstream.url, "library/curled", "1", layers=[3_000_000])
+    digest = image.layer_digests[0]
+    mirror = mirror_factory(upstream.url, args=tls_args(tmp_path / "tls"))
+    url = f"{mirror.url}/v2/library/curled/blobs/{digest}"
+    for attempt in ("miss", "hit"):
+        out = tmp_path / f"{attempt}.bin"
+        proc = subprocess.run(
+            ["curl", "-sS", "--fail", "-k", "--noproxy", "*", "-o", str(out), url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, (attempt, proc.stderr)
+        assert digest_of(out.read_bytes()) == digest, attempt
 
 
 def test_range_on_a_cold_blob(client: httpx.Client, oci: PushedImage) -> None:

@@ -59,9 +59,7 @@ async def _send_over_socketpair(reactor: SendfileReactor, blob: int, start: int)
         theirs.close()
 
 
-def test_a_failing_transfer_fails_alone_and_the_worker_survives(
-    blob: int, tmp_path: Path
-) -> None:
+def test_a_failing_transfer_fails_alone_and_the_worker_survives(blob: int, tmp_path: Path) -> None:
     async def scenario() -> None:
         reactor = SendfileReactor(workers=1)
         try:
