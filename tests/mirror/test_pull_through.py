@@ -49,8 +49,10 @@ def cached_blobs(mirror: MirrorProcess) -> set[str]:
 
 
 def test_skopeo_pull_is_byte_identical_and_second_pull_downloads_nothing(
-    upstream: RegistryProcess, mirror: MirrorProcess, tmp_path: Path
+    upstream: RegistryProcess, any_mirror: MirrorProcess, tmp_path: Path
 ) -> None:
+    """Over plain HTTP and over the mirror's own TLS: the second pull is all cache hits."""
+    mirror = any_mirror
     image = push_image(upstream.url, "library/app", "1.0", layers=[100_000, 2_000_000, 500_000])
     upstream.clear_log()
     first = skopeo_dir(mirror.host, "library/app:1.0", tmp_path / "first")
