@@ -8,7 +8,7 @@ named by ``CONTAINERS_REGISTRIES_CONF``)::
     location = "docker.io"
     [[registry.mirror]]
     location = "mirror.example:5000"
-    insecure = true          # the mirror speaks plain HTTP
+    insecure = true          # plain HTTP, or TLS without verifying the certificate
 
 Then ``podman pull docker.io/library/alpine:3.20`` asks the mirror first and Docker Hub only if
 the mirror fails.  To keep several upstreams apart on one mirror, give the upstream an alias
@@ -146,9 +146,11 @@ def assert_blobs_fetched_once(upstream: RegistryProcess, digests: list[str]) -> 
 def test_podman_pulls_docker_io_through_registries_conf_mirror(
     make_podman: PodmanFactory,
     upstream: RegistryProcess,
-    mirror: MirrorProcess,
+    any_mirror: MirrorProcess,
     tmp_path: Path,
 ) -> None:
+    """Over plain HTTP and over the mirror's own TLS (``insecure = true``: no verification)."""
+    mirror = any_mirror
     image = push_image(upstream.url, "library/podapp", "1.0", layers=[300_000, 1_000_000], seed=11)
     upstream.clear_log()
     podman = make_podman(tmp_path / "podman", mirror.host)

@@ -73,8 +73,11 @@ def skopeo_copy(
 
 @pytest.mark.parametrize("how", ["flag", "home"])
 def test_skopeo_copy_uses_registries_conf_mirror(
-    how: str, upstream: RegistryProcess, mirror: MirrorProcess, tmp_path: Path
+    how: str, upstream: RegistryProcess, any_mirror: MirrorProcess, tmp_path: Path
 ) -> None:
+    """Over plain HTTP and over the mirror's own TLS (``insecure = true``); the second
+    copy is served from the cache."""
+    mirror = any_mirror
     image = push_image(upstream.url, "library/skoapp", "3.1", layers=[250_000, 40_000], seed=31)
     upstream.clear_log()
 
@@ -89,6 +92,13 @@ def test_skopeo_copy_uses_registries_conf_mirror(
     assert ("GET", "/v2/library/skoapp/manifests/3.1") in requests
     for digest in image.blobs:
         assert ("GET", f"/v2/library/skoapp/blobs/{digest}") in requests
+
+    upstream.clear_log()
+    (tmp_path / "warm").mkdir()
+    warm, _, warm_dest = skopeo_copy(tmp_path / "warm", how, mirror, "docker.io/library/skoapp:3.1")
+    assert warm.returncode == 0, warm.stderr
+    assert_dir_copy(warm_dest, image)
+    assert upstream.count("GET", r"/blobs/") == 0
 
 
 def test_skopeo_ignores_containers_registries_conf_env(
