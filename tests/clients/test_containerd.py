@@ -17,6 +17,8 @@ Configuration (containerd's ``docs/hosts.md``): a directory per registry holding
 containerd then asks the mirror for ``/v2/library/alpine/manifests/3.20?ns=docker.io`` (the
 ``ns`` parameter names the registry the image belongs to) and falls back to the ``server`` when
 the mirror fails.  The ``http://`` in the host name makes it plain HTTP; no ``--plain-http``.
+Behind TLS the host is ``https://mirror.example:5000`` with ``ca = "/path/ca.pem"`` (or, as the
+tests with a self-signed certificate do, ``skip_verify = true``).
 
 The tests run their own containerd (root, state and sockets in temporary directories; the
 plugins a pull does not need are disabled) with this config::
@@ -105,17 +107,23 @@ class Containerd:
             f'  address = "{self.address}.ttrpc"\n'
         )
 
-    def mirror_to(self, host: str, registry: str = "docker.io") -> Path:
-        """Write ``certs.d/<registry>/hosts.toml`` making ``http://host`` its mirror."""
+    def mirror_to(self, host: str, registry: str = "docker.io", *, tls: bool = False) -> Path:
+        """Write ``certs.d/<registry>/hosts.toml`` making ``http://host`` its mirror
+        (``https://host`` with ``tls``, its certificate not verified)."""
         path = self.hosts_dir / registry / "hosts.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             'server = "https://registry-1.docker.io"\n'
             "\n"
-            f'[host."http://{host}"]\n'
-            '  capabilities = ["pull", "resolve"]\n'
+            f'[host."{"https" if tls else "http"}://{host}"]\n'
+            '  capabilities = ["pull", "resolve"]\n' + ("  skip_verify = true\n" if tls else "")
         )
         return path
+
+    def forget(self, ref: str) -> None:
+        """Remove the image and (garbage collection) its content: the next pull fetches
+        every blob again."""
+        self.ctr("images", "rm", "--sync", ref)
 
     def start(self, timeout: float = 20.0) -> Self:
         (self.workdir / "temp").mkdir(exist_ok=True)
@@ -251,11 +259,14 @@ def api_requests(mirror: MirrorProcess, repo: str) -> list[tuple[str, str]]:
 
 
 def test_ctr_pull_uses_hosts_toml_mirror_with_ns_parameter(
-    containerd: Containerd, upstream: RegistryProcess, mirror: MirrorProcess
+    containerd: Containerd, upstream: RegistryProcess, any_mirror: MirrorProcess
 ) -> None:
+    """Over plain HTTP and over the mirror's own TLS (``https://`` host, ``skip_verify``);
+    a second pull after the image is removed is served from the mirror's cache."""
+    mirror = any_mirror
     image = push_image(upstream.url, "library/ctrapp", "1.0", layers=[400_000, 90_000], seed=21)
     upstream.clear_log()
-    containerd.mirror_to(mirror.host)
+    containerd.mirror_to(mirror.host, tls=mirror.tls)
 
     out = containerd.pull("docker.io/library/ctrapp:1.0")
 
@@ -274,6 +285,13 @@ def test_ctr_pull_uses_hosts_toml_mirror_with_ns_parameter(
     assert ("HEAD", "/v2/library/ctrapp/manifests/1.0") in paths
     for blob in image.blobs:
         assert ("GET", f"/v2/library/ctrapp/blobs/{blob}") in paths
+
+    containerd.forget("docker.io/library/ctrapp:1.0")
+    assert not set(image.layer_digests) & containerd.content()
+    upstream.clear_log()
+    containerd.pull("docker.io/library/ctrapp:1.0")
+    assert set(image.blobs) <= set(containerd.content())  # verified by containerd on commit
+    assert upstream.count("GET", r"/blobs/") == 0
 
 
 def test_ctr_pull_multi_platform_index_for_arm64(
