@@ -93,8 +93,11 @@ def assert_api_ping(client: httpx.Client, user_agent: str) -> None:
 
 @pytest.mark.parametrize("media", ["oci", "docker"])
 def test_docker_engine_pull_sequence(
-    media: Media, upstream: RegistryProcess, mirror: MirrorProcess, client: httpx.Client
+    media: Media, upstream: RegistryProcess, any_client: httpx.Client
 ) -> None:
+    """Over plain HTTP and over the mirror's own TLS; a second machine's pull of the same
+    layers is served from the cache."""
+    client = any_client
     repo = f"library/dockpull-{media}"
     index = push_index(upstream.url, repo, "1.0", layers=[200_000, 3_000_000], media=media, seed=41)
     amd = index.children["linux/amd64"]
@@ -160,6 +163,13 @@ def test_docker_engine_pull_sequence(
         assert upstream.count("GET", rf"/blobs/{digest}$") == 1, digest
     for digest in set(referenced_blobs(arm.manifest)) - set(referenced_blobs(amd.manifest)):
         assert upstream.count("GET", rf"/blobs/{digest}$") == 0, digest
+
+    upstream.clear_log()
+    for digest in (config, small, big):
+        warm = client.get(f"/v2/{repo}/blobs/{digest}", headers={"User-Agent": DOCKER_UA})
+        assert warm.status_code == 200
+        assert sha256(warm.content) == digest
+    assert upstream.count("GET", r"/blobs/") == 0
 
 
 @pytest.mark.parametrize("media", ["oci", "docker"])
