@@ -4,8 +4,9 @@ Whatever a client sends (repository names with ``..``, ``%2e``, unicode or thous
 characters; junk references, ``Range``, ``Accept`` and query strings; any method; requests
 the HTTP parser itself refuses), the mirror must answer with a 4xx and the OCI error body
 (``{"errors":[{"code","message","detail"}]}``), never a 500, never a traceback in its log,
-never write outside its storage root, and never ask the upstream anything for input the
-reference grammar rejects.
+never write outside its storage root, never ask the upstream anything for input the
+reference grammar rejects, and hold no more descriptors, threads or memory after each test
+than before the attack (the resource oracle, reading /proc).
 
 Hypothesis cannot use function-scoped fixtures per example, so one module-scoped
 environment (a real upstream registry and one mirror process) serves every example.
@@ -44,6 +45,7 @@ from registry_mirror.reference import (
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.resources import Resources, assert_returns_to_baseline, resources
 
 REPO = "library/alpine"
 READ_METHODS = ("GET", "HEAD")
@@ -139,6 +141,7 @@ class Env:
         self.pool = pool
         self.outside: set[str] = set()
         self.log_offset = 0
+        self.baseline: Resources | None = None  # the mirror's, once its cache is warm
 
     def __repr__(self) -> str:
         return f"<Env mirror={self.mirror.url} upstream={self.upstream.url}>"
@@ -248,15 +251,26 @@ def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
             accept = [(b"Accept", MANIFEST_ACCEPT.encode())]
             assert environment.send("GET", f"/v2/{REPO}/manifests/latest", accept).status == 200
             environment.outside = outside_listing(environment)
+            environment.baseline = resources(mirror.pid)
             try:
                 yield environment
                 environment.check_log()
                 environment.check_files()
+                assert_returns_to_baseline(mirror.pid, environment.baseline)
             finally:
                 pool.close()
                 observability.remove_observability_callback(_observe)
                 observability.OBSERVABILITY_COLLECT_COVERAGE = collect_coverage
     _report_cases(request)
+
+
+@pytest.fixture(autouse=True)
+def _resources_come_back(env: Env) -> Iterator[None]:
+    """After every test (all its examples): the mirror is back at its warm baseline (up to
+    the few keep-alive connections of the client's pool)."""
+    yield
+    assert env.baseline is not None
+    assert_returns_to_baseline(env.mirror.pid, env.baseline)
 
 
 def _report_cases(request: pytest.FixtureRequest) -> None:
