@@ -247,8 +247,8 @@ def _request(sock: socket.socket, host: str, path: str) -> tuple[int, dict[str, 
 def test_out_of_descriptors_answers_503_and_recovers(
     upstream: RegistryProcess, limited: LimitedMirror
 ) -> None:
-    image = push_image(upstream.url, "library/fds", "1", layers=[40_000])
-    digest = image.layer_digests[0]
+    image = push_image(upstream.url, "library/fds", "1", layers=[40_000, 30_000])
+    digest, other = image.layer_digests
     path = f"/v2/library/fds/blobs/{digest}"
     assert _open_files_limit(limited.pid) == (100, 100)
     with contextlib.ExitStack() as stack:
@@ -269,6 +269,14 @@ def test_out_of_descriptors_answers_503_and_recovers(
         assert status == 503, body
         assert int(headers["retry-after"]) > 0
         assert b'"UNAVAILABLE"' in body
+        # A miss needs a staging file and an upstream connection (a pooled one may still
+        # be there): served, or 503 with Retry-After, at once; never a 500 or a hang.
+        status, headers, body = _request(probe, limited.host, f"/v2/library/fds/blobs/{other}")
+        if status == 200:
+            assert body == image.blobs[other]
+        else:
+            assert status == 503, body
+            assert int(headers["retry-after"]) > 0
         assert time.monotonic() - started < 10
         for sock in idle:
             sock.close()
