@@ -275,7 +275,8 @@ def test_tag_checks_do_not_wait_behind_slow_downloads(
         assert proxy.count("GET", r"/blobs/sha256:") == DOWNLOADS
     for digest in image.layer_digests:
         assert results[digest] == image.blobs[digest], str(results[digest])[:200]
-    assert_returns_to_baseline(mirror.pid, baseline, fd_slack=8, timeout=30)
+    # Threads: the file-I/O pools grow to their bound under 36 concurrent fills and stay.
+    assert_returns_to_baseline(mirror.pid, baseline, fd_slack=8, thread_slack=10, timeout=30)
 
 
 # ---------------------------------------------------------------------- hung upstream
