@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
-import aiohttp
 from aiohttp import web
 
 from registry_mirror.api import (
@@ -26,7 +25,7 @@ from registry_mirror.index import Index, SQLiteIndex
 from registry_mirror.mirror import Mirror, Router, UpstreamEntry
 from registry_mirror.mirror.eviction import StorageLimits
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
-from registry_mirror.upstream import Upstream
+from registry_mirror.upstream import Sessions, Upstream
 
 __all__ = ["create_app"]
 
@@ -67,15 +66,10 @@ def create_app(
         if index is None:
             index = SQLiteIndex(root / "index.db")
         await index.open()
-        session: aiohttp.ClientSession | None = None
+        sessions: Sessions | None = None
         if router is None:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300),
-                headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,
-                trust_env=False,
-            )
-            router = build_router(settings, session)
+            sessions = Sessions.create(USER_AGENT)
+            router = build_router(settings, sessions)
         storage = settings.storage
         mirror = Mirror(
             store,
@@ -90,11 +84,13 @@ def create_app(
         app[SENDFILE_KEY] = reactor
         flusher = asyncio.create_task(_flush_forever(index))
         for entry in router.entries:
+            via = entry.upstream.proxy_description()
             log.info(
-                "mirroring %s as %s%s",
+                "mirroring %s as %s%s%s",
                 entry.upstream.url,
                 entry.name,
                 " (default)" if entry is router.default else "",
+                f" via proxy {via}" if via else "",
             )
         log.info("cache in %s", root)
         try:
@@ -106,8 +102,8 @@ def create_app(
             await mirror.close()
             await asyncio.to_thread(reactor.close)
             await index.close()
-            if session is not None:
-                await session.close()
+            if sessions is not None:
+                await sessions.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(add_api_version)
@@ -115,20 +111,23 @@ def create_app(
     return app
 
 
-def build_router(settings: Settings, session: aiohttp.ClientSession) -> Router:
-    """One :class:`Upstream` per configured registry, all on one connection pool;
-    each has its own credentials and token cache, never shared."""
+def build_router(settings: Settings, sessions: Sessions) -> Router:
+    """One :class:`Upstream` per configured registry, all on the same connection pools
+    (metadata and blobs apart); each has its own credentials, token cache, forward proxy
+    and circuit breaker, never shared."""
     entries = []
     for config in settings.all_upstreams():
         upstream = Upstream(
             config.base_url,
-            session,
+            sessions,
             name=config.registry_name,
             username=config.username,
             password=config.password.get_secret_value() if config.password else None,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
+            metadata_timeout=config.metadata_timeout,
             allow_private_redirects=config.allow_private_redirects,
+            proxy=settings.outbound_proxy(config),
         )
         entries.append(
             UpstreamEntry(

@@ -12,10 +12,12 @@ one line naming the key and where it came from.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -25,6 +27,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     model_validator,
@@ -33,11 +36,13 @@ from pydantic import (
 __all__ = [
     "COMPAT_KEYS",
     "ConfigError",
+    "OutboundProxy",
     "Settings",
     "leaf_paths",
     "load_settings",
     "parse_duration",
     "parse_size",
+    "redact_url",
 ]
 
 ENV_PREFIX: Final = "REGISTRY_MIRROR_"
@@ -179,6 +184,93 @@ def _check_url(value: object) -> object:
 Url = Annotated[str, BeforeValidator(_check_url)]
 
 
+def _check_proxy(value: object) -> object:
+    """``http://[user:password@]host:port``, or ``none`` (never a proxy). The value is never
+    echoed in the error: it may carry a password."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lower() == "none":
+            return "none"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("invalid proxy URL (expected http://host:port or none)") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("invalid proxy URL (expected http://host:port or none)")
+        if parts.path.strip("/") or parts.query:
+            raise ValueError("a proxy URL has no path")
+    return value
+
+
+ProxyUrl = Annotated[SecretStr, BeforeValidator(_check_proxy)]
+#: The environment variables of an outbound proxy, as curl, Go and registry:2 read them.
+PROXY_ENV: Final = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundProxy:
+    """Which forward proxy (if any) a request to a URL goes through, for one upstream.
+
+    ``explicit``: the upstream's ``proxy`` setting (``None``: unset, ``"none"``: never);
+    else ``HTTPS_PROXY``/``HTTP_PROXY`` by the URL's scheme. ``NO_PROXY`` exempts hosts in
+    both cases: names (a suffix on a dot boundary, a leading dot optional), addresses,
+    CIDR networks, each optionally with ``:port``; ``*`` exempts every host.
+    """
+
+    explicit: str | None = dataclasses.field(default=None, repr=False)
+    http: str | None = dataclasses.field(default=None, repr=False)
+    https: str | None = dataclasses.field(default=None, repr=False)
+    no_proxy: tuple[str, ...] = ()
+
+    def for_url(self, scheme: str, host: str, port: int | None) -> str | None:
+        if self.explicit == "none":
+            return None
+        chosen = self.explicit or (self.https if scheme == "https" else self.http)
+        if not chosen or self._exempt(host.lower().strip("[]"), port):
+            return None
+        return chosen
+
+    def _exempt(self, host: str, port: int | None) -> bool:
+        for entry in self.no_proxy:
+            if entry == "*":
+                return True
+            name, entry_port = entry, None
+            if entry.startswith("["):  # [::1]:5000
+                name, _, rest = entry[1:].partition("]")
+                entry_port = rest[1:] or None
+            elif entry.count(":") == 1:
+                name, _, entry_port = entry.partition(":")
+            if entry_port is not None and (not entry_port.isdigit() or int(entry_port) != port):
+                continue
+            try:
+                network = ipaddress.ip_network(name, strict=False)
+            except ValueError:
+                network = None
+            if network is not None:
+                try:
+                    if ipaddress.ip_address(host) in network:
+                        return True
+                except ValueError:
+                    pass
+                continue
+            name = name.lstrip(".").removeprefix("*.")
+            if name and (host == name or host.endswith("." + name)):
+                return True
+        return False
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: any ``user:password@`` replaced by ``***@``."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = "***@" + parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc).geturl()
+
+
 class _UpstreamCommon(_Section):
     username: str | None = None
     password: SecretStr | None = None
@@ -188,8 +280,15 @@ class _UpstreamCommon(_Section):
     deny: CommaList = []  # repository globs that may not
     connect_timeout: Duration = 10.0
     read_timeout: Duration = 60.0
-    # Follow redirects to loopback, private or link-local addresses (a CDN on the LAN).
+    # Whole time a metadata request (manifest, tag list, token) may take, retries and
+    # authentication included, before the cached answer is served instead.
+    metadata_timeout: Duration = 5.0
+    # Follow redirects (and use token realms) at loopback, private or link-local
+    # addresses other than the upstream's own host (a CDN on the LAN).
     allow_private_redirects: bool = False
+    # Forward proxy: http://[user:password@]host:port, or none; unset: the environment's
+    # HTTP_PROXY / HTTPS_PROXY / NO_PROXY.
+    proxy: ProxyUrl | None = None
 
     @property
     def base_url(self) -> str:
@@ -315,6 +414,8 @@ class Settings(_Section):
     access: AccessSettings = AccessSettings()
     limits: LimitSettings = LimitSettings()
     log: LogSettings = LogSettings()
+    # HTTP_PROXY, HTTPS_PROXY, NO_PROXY from the environment (see outbound_proxy).
+    _proxy_env: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _checks(self) -> Settings:
@@ -341,6 +442,17 @@ class Settings(_Section):
                     )
                 seen[name] = upstream.base_url
         return self
+
+    def outbound_proxy(self, upstream: _UpstreamCommon) -> OutboundProxy:
+        """The forward proxy policy of one upstream: its ``proxy`` setting, else the
+        environment's (read by :func:`load_settings`), ``NO_PROXY`` applied to both."""
+        env = self._proxy_env
+        return OutboundProxy(
+            upstream.proxy.get_secret_value() if upstream.proxy is not None else None,
+            env.get("HTTP_PROXY") or None,
+            env.get("HTTPS_PROXY") or None,
+            tuple(h.strip().lower() for h in env.get("NO_PROXY", "").split(",") if h.strip()),
+        )
 
     def all_upstreams(self) -> list[_UpstreamCommon]:
         """The default upstream (``proxy``) first, then the others."""
@@ -443,7 +555,29 @@ def load_settings(
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{path}: {message}{where}") from None
     settings.listen()
+    settings._proxy_env = _proxy_environment(environ)
     return settings, ignored
+
+
+def _proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``, upper case winning over lower case
+    (curl reads only ``http_proxy`` lower case; Go reads both)."""
+    found: dict[str, str] = {}
+    for name in PROXY_ENV:
+        value = environ.get(name) or environ.get(name.lower())
+        if not value or not value.strip():
+            continue
+        value = value.strip()
+        if name != "NO_PROXY":
+            if "://" not in value:
+                value = "http://" + value  # as Go and curl read proxy:3128
+            try:
+                if _check_proxy(value) == "none":
+                    continue
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        found[name] = value
+    return found
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from .ports import free_port
 
 __all__ = ["MirrorError", "MirrorProcess", "mirror_binary"]
 
+_PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"})
+
 
 class MirrorError(RuntimeError):
     """The mirror failed to start or died."""
@@ -77,7 +79,13 @@ class MirrorProcess:
 
     def start(self, timeout: float = 15.0) -> Self:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        # Neither the registry settings nor a forward proxy of the machine running the
+        # tests: a test that wants a proxy says so in ``env``.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("REGISTRY_") and k.upper() not in _PROXY_VARIABLES
+        }
         env.update(self.env)
         self._proc = subprocess.Popen(
             self.command(),

@@ -90,8 +90,8 @@ def test_credentials_reach_private_repositories(
     anonymous = mirror_factory(token_upstream.url, name="anonymous")
     with mirror_client(anonymous.url) as client:
         refused = client.get(f"/v2/{PRIVATE}/manifests/1", headers={"Accept": MANIFEST_ACCEPT})
-        assert refused.status_code == 401
-        assert refused.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        assert refused.status_code == 403
+        assert refused.json()["errors"][0]["code"] == "DENIED"
 
     # registry:2's own environment variables for the credentials.
     env = {"REGISTRY_PROXY_USERNAME": "alice", "REGISTRY_PROXY_PASSWORD": PASSWORD}
@@ -114,9 +114,9 @@ def test_wrong_credentials_are_a_clear_unauthorized(
     )
     with mirror_client(mirror.url) as client:
         response = client.get(f"/v2/{PRIVATE}/manifests/1", headers={"Accept": MANIFEST_ACCEPT})
-    assert response.status_code == 401
+    assert response.status_code == 403
     error = response.json()["errors"][0]
-    assert error["code"] == "UNAUTHORIZED"
+    assert error["code"] == "DENIED"
     assert "credentials" in error["message"]
     assert WRONG not in response.text
     assert WRONG not in mirror.log()
@@ -157,8 +157,8 @@ def test_rejected_token_is_renewed_once_not_in_a_loop(
         mirror.restart()  # forget the good token
         response = client.get(f"/v2/{PUBLIC}/manifests/1", headers={"Accept": MANIFEST_ACCEPT})
     # Served from the cache? No: an auth failure is not an outage; the client is told.
-    assert response.status_code == 401
-    assert response.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert response.status_code == 403
+    assert response.json()["errors"][0]["code"] == "DENIED"
     assert tokens.count(scope) - before == 2
 
 
@@ -186,7 +186,7 @@ def test_basic_auth_upstream(
         mirror = mirror_factory(basic_upstream.url, name=name, args=args)
         with mirror_client(mirror.url) as client:
             response = client.get(f"/v2/{PRIVATE}/manifests/1", headers={"Accept": MANIFEST_ACCEPT})
-            assert response.status_code == 401, name
-            assert response.json()["errors"][0]["code"] == "UNAUTHORIZED"
+            assert response.status_code == 403, name
+            assert response.json()["errors"][0]["code"] == "DENIED"
             blob = client.get(f"/v2/{PRIVATE}/blobs/{images[PRIVATE].layer_digests[0]}")
-            assert blob.status_code == 401, name
+            assert blob.status_code == 403, name

@@ -138,7 +138,10 @@ def translate(exc: BaseException, kind: str) -> RegistryError:
                 429, "TOOMANYREQUESTS", "upstream registry rate limit reached", headers=headers
             )
         case UpstreamAuthFailed():
-            return RegistryError(401, "UNAUTHORIZED", exc.message)
+            # The mirror asks upstream with its own configured credentials, whoever the
+            # client is: nothing the client could log in with changes the answer, so this
+            # is a refusal (403, as registry:2 answers a denied pull), not a challenge.
+            return RegistryError(403, "DENIED", f"upstream refused access: {exc.message}")
         case UpstreamUnavailable():
             return RegistryError(
                 503,

@@ -10,10 +10,12 @@ from registry_mirror.upstream.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from registry_mirror.upstream.transport import Sessions
 
 __all__ = [
     "BlobStream",
     "ManifestInfo",
+    "Sessions",
     "Upstream",
     "UpstreamAuthFailed",
     "UpstreamDigestMismatch",

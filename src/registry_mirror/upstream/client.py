@@ -14,14 +14,16 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from yarl import URL
 
+from registry_mirror.config import OutboundProxy, redact_url
 from registry_mirror.media_types import MANIFEST_ACCEPT
 from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.upstream.auth import Challenge, TokenCache, parse_challenge
@@ -32,6 +34,12 @@ from registry_mirror.upstream.errors import (
     UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamUnavailable,
+)
+from registry_mirror.upstream.transport import (
+    Breaker,
+    PrivateAddressRefused,
+    Sessions,
+    is_public,
 )
 
 __all__ = ["BlobStream", "ManifestInfo", "Upstream"]
@@ -44,6 +52,15 @@ MAX_TAG_PAGES: Final = 100
 MAX_TOKEN_RESPONSE: Final = 1024 * 1024
 MAX_TAG_LIST: Final = 16 * 1024 * 1024
 BLOB_CHUNK: Final = 256 * 1024
+#: How long a 404 or an auth refusal for the same repository and reference is answered
+#: without asking upstream again.
+NEGATIVE_TTL: Final = 5.0
+NEGATIVE_ENTRIES: Final = 10_000
+#: Content codings decoded on metadata answers (tokens, tag lists; manifests when a
+#: proxy compresses them although identity was asked).
+JSON_ENCODINGS: Final = "gzip, deflate"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,19 +98,27 @@ class Upstream:
     def __init__(
         self,
         url: str,
-        session: aiohttp.ClientSession,
+        sessions: Sessions | aiohttp.ClientSession,
         *,
         name: str = "default",
         username: str | None = None,
         password: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        metadata_timeout: float = 5.0,
         allow_private_redirects: bool = False,
+        proxy: OutboundProxy | None = None,
     ) -> None:
         self.allow_private_redirects = allow_private_redirects
         self.url = URL(url.rstrip("/"))
         self.name = name
-        self._session = session
+        if isinstance(sessions, aiohttp.ClientSession):
+            sessions = Sessions.single(sessions)
+        self._sessions = sessions
+        self._proxy = proxy or OutboundProxy()
+        self.metadata_timeout = metadata_timeout
+        self.breaker = Breaker(name)
+        self._negative: dict[tuple[str, str, str], tuple[float, UpstreamError]] = {}
         self._basic = (
             "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
             if username is not None
@@ -101,11 +126,10 @@ class Upstream:
         )
         self._tokens = TokenCache()
         self._uses_basic = False
+        # No ``connect``: it would count the wait for a free pooled connection too, and a
+        # download queued behind others is not a connect failure.
         self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=connect_timeout,
-            sock_connect=connect_timeout,
-            sock_read=read_timeout,
+            total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self.ratelimit_remaining: str | None = None
         self.ratelimit_limit: str | None = None
@@ -113,39 +137,65 @@ class Upstream:
     def __repr__(self) -> str:
         return f"<Upstream {self.name} {self.url}>"
 
+    def proxy_description(self) -> str | None:
+        """The forward proxy of the upstream's own URL, fit for a log (no credentials)."""
+        chosen = self._proxy.for_url(self.url.scheme, self.url.host or "", self.url.port)
+        return None if chosen is None else redact_url(chosen)
+
     # --- the distribution API -------------------------------------------------
 
     async def head_manifest(self, repo: str, reference: str) -> ManifestInfo:
-        response = await self._request(
-            "HEAD", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
-        )
-        response.release()
-        return _manifest_info(response)
+        async def call() -> ManifestInfo:
+            response = await self._request(
+                "HEAD", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
+            )
+            response.release()
+            return _manifest_info(response)
+
+        return await self._metadata(("manifest", repo, reference), call)
 
     async def get_manifest(self, repo: str, reference: str) -> tuple[ManifestInfo, bytes]:
-        response = await self._request(
-            "GET", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
-        )
-        try:
-            if response.content_length is not None and response.content_length > MAX_MANIFEST_SIZE:
-                raise UpstreamProtocolError(
-                    f"manifest {repo}:{reference} is larger than {MAX_MANIFEST_SIZE} bytes"
-                )
-            body = await _read_limited(response, MAX_MANIFEST_SIZE)
-        finally:
-            response.release()
-        info = _manifest_info(response)
-        return ManifestInfo(info.digest, info.media_type, len(body)), body
+        """The manifest's bytes exactly as upstream stores them (a content coding a
+        proxy added is decoded; the caller verifies the digest on what is returned)."""
+
+        async def call() -> tuple[ManifestInfo, bytes]:
+            response = await self._request(
+                "GET", repo, f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
+            )
+            try:
+                length = response.content_length
+                if length is not None and length > MAX_MANIFEST_SIZE:
+                    raise UpstreamProtocolError(
+                        f"manifest {repo}:{reference} is larger than {MAX_MANIFEST_SIZE} bytes"
+                    )
+                body = await _read_decoded(response, MAX_MANIFEST_SIZE)
+            finally:
+                response.release()
+            info = _manifest_info(response)
+            return ManifestInfo(info.digest, info.media_type, len(body)), body
+
+        return await self._metadata(("manifest", repo, reference), call)
 
     async def head_blob(self, repo: str, digest: Digest) -> int | None:
-        response = await self._request("HEAD", repo, f"blobs/{digest}", {})
-        response.release()
-        return response.content_length
+        async def call() -> int | None:
+            response = await self._request("HEAD", repo, f"blobs/{digest}", {})
+            response.release()
+            return None if _encoded(response) else response.content_length
+
+        return await self._metadata(("blob", repo, str(digest)), call)
 
     async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
         """Open a blob download from ``offset`` (following redirects to a CDN)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = await self._request("GET", repo, f"blobs/{digest}", headers)
+        self._negative_check(("blob", repo, str(digest)))
+        try:
+            response = await self._request("GET", repo, f"blobs/{digest}", headers, blob=True)
+        except (UpstreamNotFound, UpstreamAuthFailed) as exc:
+            self._negative_put(("blob", repo, str(digest)), exc)
+            raise
+        # Layer bytes are never decoded: identity was asked, and a coding announced anyway
+        # is either a proxy's (the digest check refuses the result) or a mislabelled
+        # gzip layer (the bytes are the layer).
         if response.status == 206:
             start, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:
@@ -155,13 +205,21 @@ class Upstream:
         return BlobStream(response, response.content_length, 0)
 
     async def list_tags(self, repo: str) -> list[str]:
+        return await self._metadata(("tags", repo, ""), lambda: self._list_tags(repo))
+
+    async def _list_tags(self, repo: str) -> list[str]:
         tags: list[str] = []
         path = "tags/list"
         seen: set[str] = set()
         for _ in range(MAX_TAG_PAGES):
-            response = await self._request("GET", repo, path, {"Accept": "application/json"})
+            response = await self._request(
+                "GET",
+                repo,
+                path,
+                {"Accept": "application/json", "Accept-Encoding": JSON_ENCODINGS},
+            )
             try:
-                body = json.loads((await _read_limited(response, MAX_TAG_LIST)).decode())
+                body = json.loads((await _read_decoded(response, MAX_TAG_LIST)).decode())
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise UpstreamProtocolError(f"unreadable tag list for {repo}") from exc
             finally:
@@ -185,6 +243,42 @@ class Upstream:
             path = "tags/list?" + query
         return tags
 
+    # --- bounds: total time, circuit breaker, negative answers ----------------
+
+    async def _metadata(self, key: tuple[str, str, str], call: Callable[[], Awaitable[T]]) -> T:
+        """One metadata request: a remembered 404/refusal answers at once; otherwise it
+        goes out (unless the breaker is open) and may take ``metadata_timeout`` in all."""
+        self._negative_check(key)
+        with self.breaker.guard():
+            try:
+                async with asyncio.timeout(self.metadata_timeout):
+                    return await call()
+            except TimeoutError:
+                raise UpstreamUnavailable(
+                    f"{self.name} did not answer within {self.metadata_timeout:g}s"
+                ) from None
+            except (UpstreamNotFound, UpstreamAuthFailed) as exc:
+                self._negative_put(key, exc)
+                raise
+
+    def _negative_check(self, key: tuple[str, str, str]) -> None:
+        remembered = self._negative.get(key)
+        if remembered is None:
+            return
+        expires, exc = remembered
+        if time.monotonic() >= expires:
+            del self._negative[key]
+            return
+        raise type(exc)(exc.message)
+
+    def _negative_put(self, key: tuple[str, str, str], exc: UpstreamError) -> None:
+        now = time.monotonic()
+        if len(self._negative) >= NEGATIVE_ENTRIES:
+            self._negative = {k: v for k, v in self._negative.items() if v[0] > now}
+            if len(self._negative) >= NEGATIVE_ENTRIES:
+                self._negative.clear()
+        self._negative[key] = (now + NEGATIVE_TTL, exc)
+
     # --- transport, auth, redirects -------------------------------------------
 
     def _url(self, repo: str, path: str) -> URL:
@@ -195,7 +289,7 @@ class Upstream:
         return f"repository:{repo}:pull"
 
     async def _request(
-        self, method: str, repo: str, path: str, headers: dict[str, str]
+        self, method: str, repo: str, path: str, headers: dict[str, str], *, blob: bool = False
     ) -> aiohttp.ClientResponse:
         """Send with auth; on 401 authenticate once and retry; follow redirects.
 
@@ -206,7 +300,7 @@ class Upstream:
         renewed = False
         auth = self._auth_header(scope)
         while True:
-            response = await self._send_following(method, url, headers, auth)
+            response = await self._send_following(method, url, headers, auth, blob=blob)
             if response.status != 401:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
@@ -258,14 +352,34 @@ class Upstream:
             raise UpstreamAuthFailed(f"{self.name} named an unreadable token realm") from None
         if realm.scheme not in ("http", "https") or not realm.host:
             raise UpstreamAuthFailed(f"{self.name} named a token realm that is not HTTP(S)")
+        # The realm gets the upstream's credentials (as registry:2 sends them to
+        # auth.docker.io), so it is held to the policy of redirects: on a host other than
+        # the upstream's own, no loopback/private/link-local address unless allowed, and
+        # never plain HTTP when the upstream is HTTPS.
+        own_host = (realm.host or "").lower() == (self.url.host or "").lower()
+        if self._basic and self.url.scheme == "https" and realm.scheme != "https":
+            raise UpstreamAuthFailed(
+                f"{self.name} named a plain-HTTP token realm ({realm.host}); credentials"
+                " are sent over HTTPS only"
+            )
+        guarded = not own_host and not self.allow_private_redirects
+        if guarded:
+            await self._refuse_private(realm, "token realm")
         query: dict[str, str] = {"scope": scope}
         if "service" in challenge.params:
             query["service"] = challenge.params["service"]
-        headers = {"Authorization": self._basic} if self._basic else {}
+        headers = {"Accept-Encoding": JSON_ENCODINGS}
+        if self._basic:
+            headers["Authorization"] = self._basic
         token_url = realm.update_query(query)
+        session = self._sessions.guarded_metadata if guarded else self._sessions.metadata
         try:
-            async with self._session.get(
-                token_url, headers=headers, timeout=self._timeout, allow_redirects=True
+            async with session.get(
+                token_url,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                **self._proxy_args(token_url),
             ) as response:
                 if response.status in (401, 403):
                     raise UpstreamAuthFailed(
@@ -279,7 +393,16 @@ class Upstream:
                     raise UpstreamUnavailable(
                         f"{self.name}'s token service answered {response.status}"
                     )
-                raw = await _read_limited(response, MAX_TOKEN_RESPONSE)
+                raw = await _read_decoded(response, MAX_TOKEN_RESPONSE)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddressRefused):
+                raise UpstreamProtocolError(
+                    f"refused token realm at a non-public address: {exc.os_error};"
+                    " allow_private_redirects permits it"
+                ) from None
+            raise UpstreamUnavailable(
+                f"{self.name}'s token service unreachable: {_describe(exc)}"
+            ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"{self.name}'s token service unreachable: {_describe(exc)}"
@@ -302,14 +425,22 @@ class Upstream:
         return token
 
     async def _send_following(
-        self, method: str, url: URL, headers: dict[str, str], auth: str | None
+        self, method: str, url: URL, headers: dict[str, str], auth: str | None, *, blob: bool
     ) -> aiohttp.ClientResponse:
-        """One request, following redirects; ``Authorization`` goes only to the upstream host."""
+        """One request, following redirects; ``Authorization`` goes only to the upstream
+        origin. Other hosts are reached through the guarded pools (public addresses only)
+        unless this upstream allows private ones."""
         for _ in range(MAX_REDIRECTS + 1):
             send = dict(headers)
-            if auth is not None and _same_origin(url, self.url):
+            origin = _same_origin(url, self.url)
+            if auth is not None and origin:
                 send["Authorization"] = auth
-            response = await self._send_once(method, url, send)
+            guarded = not origin and not self.allow_private_redirects
+            if blob:
+                session = self._sessions.guarded_blobs if guarded else self._sessions.blobs
+            else:
+                session = self._sessions.guarded_metadata if guarded else self._sessions.metadata
+            response = await self._send_once(session, method, url, send)
             if response.status not in (301, 302, 303, 307, 308):
                 return response
             location = response.headers.get("Location")
@@ -323,21 +454,35 @@ class Upstream:
             if target.scheme not in ("http", "https") or not target.host:
                 raise UpstreamProtocolError(f"refused redirect to a {target.scheme!r} URL")
             if not self.allow_private_redirects and not _same_origin(target, self.url):
-                await self._refuse_private(target)
+                await self._refuse_private(target, "redirect")
             url = target
         raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {self.name}")
 
     async def _send_once(
-        self, method: str, url: URL, headers: dict[str, str]
+        self, session: aiohttp.ClientSession, method: str, url: URL, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """Send; a connection failure before any answer is retried once (idempotent reads)."""
         for attempt in (1, 2):
             try:
-                return await self._session.request(
-                    method, url, headers=headers, allow_redirects=False, timeout=self._timeout
+                return await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    **self._proxy_args(url),
                 )
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, PrivateAddressRefused):
+                    raise UpstreamProtocolError(
+                        f"refused redirect to a non-public address: {exc.os_error};"
+                        " allow_private_redirects permits it"
+                    ) from None
+                raise UpstreamUnavailable(
+                    f"{self.name} unreachable ({url.host}): {_describe(exc)}"
+                ) from exc
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                if attempt == 2:
                     raise UpstreamUnavailable(
                         f"{self.name} unreachable ({url.host}): {_describe(exc)}"
                     ) from exc
@@ -347,25 +492,43 @@ class Upstream:
                 raise UpstreamProtocolError(f"{self.name}: {_describe(exc)}") from exc
         raise AssertionError("unreachable")
 
-    async def _refuse_private(self, target: URL) -> None:
-        """A redirect must not turn the mirror into a way to reach internal addresses:
-        loopback, private, link-local (cloud metadata) and such are refused unless this
-        upstream's config allows them."""
+    def _proxy_args(self, url: URL) -> dict[str, Any]:
+        """``proxy``/``proxy_auth`` for aiohttp: the forward proxy this URL goes through
+        (credentials in the proxy URL become ``Proxy-Authorization``)."""
+        chosen = self._proxy.for_url(url.scheme, url.host or "", url.port)
+        if chosen is None:
+            return {}
+        proxy = URL(chosen)
+        if proxy.user is None:
+            return {"proxy": proxy}
+        auth = aiohttp.BasicAuth(proxy.user, proxy.password or "")
+        return {"proxy": proxy.with_user(None), "proxy_auth": auth}
+
+    async def _refuse_private(self, target: URL, what: str) -> None:
+        """A redirect or a token realm must not turn the mirror into a way to reach
+        internal addresses: loopback, private, link-local (cloud metadata) and such are
+        refused unless this upstream's config allows them.
+
+        An address literal is checked here. A name is checked by the guarded pools'
+        resolver, on the very addresses connected to; only through a forward proxy (which
+        resolves the name itself) is it resolved here, as the best that can be done."""
         host = target.host or ""
         try:
             addresses = [ipaddress.ip_address(host.strip("[]"))]
         except ValueError:
+            if self._proxy.for_url(target.scheme, host, target.port) is None:
+                return
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(
                     host, target.port, type=socket.SOCK_STREAM
                 )
             except OSError as exc:
-                raise UpstreamUnavailable(f"cannot resolve redirect target {host}: {exc}") from None
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+                raise UpstreamUnavailable(f"cannot resolve {what} {host}: {exc}") from None
+            addresses = [ipaddress.ip_address(str(info[4][0])) for info in infos]
         for address in addresses:
-            if not address.is_global or address.is_multicast:
+            if not is_public(address):
                 raise UpstreamProtocolError(
-                    f"refused redirect to the non-public address {address} ({host});"
+                    f"refused {what} at the non-public address {address} ({host});"
                     " allow_private_redirects permits it"
                 )
 
@@ -386,6 +549,11 @@ def _same_origin(a: URL, b: URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
+def _encoded(response: aiohttp.ClientResponse) -> bool:
+    """Does the answer carry a content coding (its Content-Length is not the content's)?"""
+    return response.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+
+
 def _manifest_info(response: aiohttp.ClientResponse) -> ManifestInfo:
     digest = None
     raw = response.headers.get("Docker-Content-Digest")
@@ -393,7 +561,8 @@ def _manifest_info(response: aiohttp.ClientResponse) -> ManifestInfo:
         with contextlib.suppress(ValueError):
             digest = parse_digest(raw.strip())
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-    return ManifestInfo(digest, media_type, response.content_length)
+    size = None if _encoded(response) else response.content_length
+    return ManifestInfo(digest, media_type, size)
 
 
 def _status_error(response: aiohttp.ClientResponse, what: str) -> UpstreamError:
@@ -454,6 +623,37 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamUnavailable(f"upstream response interrupted: {_describe(exc)}") from exc
     return b"".join(chunks)
+
+
+async def _read_decoded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body with its content coding (``gzip``, ``deflate``) undone, at most ``limit``
+    bytes decoded (a compressed bomb stops there)."""
+    raw = await _read_limited(response, limit)
+    codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+    for coding in reversed([c for c in codings if c and c != "identity"]):
+        raw = _decode(raw, coding, limit)
+    return raw
+
+
+def _decode(data: bytes, coding: str, limit: int) -> bytes:
+    if coding in ("gzip", "x-gzip"):
+        decoders = [zlib.MAX_WBITS | 16]
+    elif coding == "deflate":  # zlib-wrapped as the RFC says, raw as some servers send
+        decoders = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    else:
+        raise UpstreamProtocolError(f"upstream answered with the unasked coding {coding[:40]!r}")
+    for wbits in decoders:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(data, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise UpstreamProtocolError(f"upstream response larger than {limit} bytes decoded")
+        if not decoder.eof:
+            raise UpstreamProtocolError(f"upstream sent a truncated {coding} body")
+        return out
+    raise UpstreamProtocolError(f"upstream sent an undecodable {coding} body")
 
 
 def _describe(exc: BaseException) -> str:
