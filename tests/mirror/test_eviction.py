@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from registry_mirror.index import CacheItem, CacheSnapshot
 from registry_mirror.mirror.eviction import plan_eviction
 from tests.conftest import MirrorFactory
+from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
@@ -197,3 +199,83 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
         os.sync()
         pull(mirror, large)
         assert hexes(large) <= on_disk(mirror)  # space returned: cached again
+
+
+def fill_disk(mount: Path) -> Path:
+    """Take every free byte of ``mount``; the filler file to remove to give them back."""
+    filler = mount / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def stream_blob(
+    mirror: MirrorProcess,
+    repo: str,
+    digest: str,
+    received: list[int],
+    outcome: list[bytes | httpx.HTTPError],
+) -> None:
+    """GET a blob, noting the bytes received as they come; the body or the error last."""
+    body = bytearray()
+    try:
+        with (
+            httpx.Client(base_url=mirror.url, trust_env=False, timeout=60) as client,
+            client.stream("GET", f"/v2/{repo}/blobs/{digest}") as response,
+        ):
+            for chunk in response.iter_bytes(65536):
+                body += chunk
+                received.append(len(body))
+        outcome.append(bytes(body))
+    except httpx.HTTPError as exc:
+        outcome.append(exc)
+
+
+def test_disk_full_mid_fill_continuation_is_verified_and_a_corrupt_one_aborted(
+    upstream: RegistryProcess, small_disk: Path
+) -> None:
+    """The disk fills while a layer streams to its client: the client goes on straight
+    from upstream (Range). That continuation is checked with the bytes already sent, so a
+    corrupt one aborts the response instead of completing it with bad data."""
+    image = push_image(upstream.url, "library/fullmid", "1", layers=[3_000_000], seed=21)
+    layer = image.layer_digests[0]
+    data = image.blobs[layer]
+    with FaultyProxy(upstream.url) as proxy:
+        mirror = MirrorProcess(small_disk / "cache", proxy.url)
+        mirror.log_path = small_disk.parent / "cache.log"
+        with mirror:
+            for corrupt in (False, True):
+                gate = proxy.gate("GET", rf"/blobs/{layer}", 500_000, times=1)
+                if corrupt:
+                    proxy.corrupt("GET", rf"/blobs/{layer}", times=1)
+                received: list[int] = []
+                outcome: list[bytes | httpx.HTTPError] = []
+                thread = threading.Thread(
+                    target=stream_blob, args=(mirror, image.repo, layer, received, outcome)
+                )
+                thread.start()
+                gate.wait_reached()
+                wait_for(lambda: bool(received))  # noqa: B023 - waited for here
+                filler = fill_disk(small_disk)
+                gate.release()
+                thread.join(timeout=60)
+                assert not thread.is_alive()
+                ranged = [
+                    r for r in proxy.requests("GET", rf"/blobs/{layer}") if "Range" in r.headers
+                ]
+                assert ranged, "the client was not continued from upstream"
+                if corrupt:
+                    assert isinstance(outcome[0], httpx.HTTPError), "corrupt data completed"
+                else:
+                    assert outcome[0] == data
+                assert layer.split(":")[1] not in on_disk(mirror)
+                filler.unlink()
+                os.sync()
+                proxy.clear_faults()
+                proxy.clear_log()
+            assert "Traceback" not in mirror.log()
