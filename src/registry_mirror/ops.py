@@ -176,7 +176,8 @@ async def plan_prune(
 
 
 async def prune(cache: Cache, plan: EvictionPlan) -> int:
-    return await apply_plan(plan, cache.index, cache.store)
+    _, files = await apply_plan(plan, cache.index, cache.store)
+    return files
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ images, and a full disk (a real small tmpfs)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -13,8 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry_mirror.index import CacheItem, CacheSnapshot
-from registry_mirror.mirror.eviction import plan_eviction
+from registry_mirror.index import CacheItem, CacheSnapshot, ManifestRecord, SQLiteIndex
+from registry_mirror.mirror.eviction import Evictor, StorageLimits, apply_plan, plan_eviction
+from registry_mirror.reference import Digest
+from registry_mirror.storage import FilesystemBlobStore
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
@@ -279,3 +282,107 @@ def test_disk_full_mid_fill_continuation_is_verified_and_a_corrupt_one_aborted(
                 proxy.clear_faults()
                 proxy.clear_log()
             assert "Traceback" not in mirror.log()
+
+
+def test_a_manifest_stored_between_plan_and_eviction_keeps_its_shared_layer(
+    tmp_path: Path,
+) -> None:
+    """The plan says layer L is held only by image A (evicted); image B, referencing L,
+    is stored before the plan is applied: L must stay, in the index and on disk."""
+
+    async def scenario() -> None:
+        store = FilesystemBlobStore(tmp_path / "cache")
+        store.prepare()
+        index = SQLiteIndex(tmp_path / "cache" / "index.db")
+        await index.open()
+
+        async def put(data: bytes) -> Digest:
+            digest = Digest.of(data)
+            staged = await store.begin_write()
+            await staged.write(data)
+            await staged.commit(digest, len(data))
+            return digest
+
+        layer, own, other = await put(b"L" * 1000), await put(b"A" * 1000), await put(b"B" * 9)
+        manifest_a, manifest_b = await put(b"manifest A"), await put(b"manifest B")
+        await index.put_manifest("r/a", ManifestRecord(manifest_a, "x", 10), [layer, own])
+        for blob in (layer, own):
+            await index.put_blob("r/a", blob, 1000)
+        plan = plan_eviction(await index.snapshot(), need=1, now=time.time())
+        assert set(plan.digests) == {str(manifest_a), str(layer), str(own)}
+
+        await index.put_manifest("r/b", ManifestRecord(manifest_b, "x", 10), [layer, other])
+        await index.put_blob("r/b", other, 9)
+        result = await apply_plan(plan, index, store)
+
+        items = (await index.snapshot()).items
+        assert {str(layer), str(manifest_b), str(other)} <= set(items)
+        assert await store.stat(layer) is not None  # B is whole
+        assert await store.stat(own) is None
+        assert str(manifest_a) not in items
+        assert result == ([str(manifest_a), str(own)], 2)
+        await index.close()
+
+    asyncio.run(scenario())
+
+
+class _SnapshotIndex:
+    """Just enough of an Index for the Evictor: a fixed snapshot, evictions recorded."""
+
+    def __init__(self, snapshot: CacheSnapshot) -> None:
+        self._snapshot = snapshot
+        self.evicted: list[str] = []
+
+    async def snapshot(self) -> CacheSnapshot:
+        return self._snapshot
+
+    async def evict(self, digests: list[str]) -> list[str]:
+        self.evicted += digests
+        return digests
+
+    remove = evict
+
+
+def test_planning_a_large_cache_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    items: dict[str, CacheItem] = {}
+    refs: dict[str, list[str]] = {}
+    for i in range(75_000):  # 300k items: about a second of planning
+        manifest = f"sha256:{i:064x}"
+        items[manifest] = item(manifest, 1, i, manifest=True)
+        refs[manifest] = []
+        for j in range(3):
+            layer = f"sha256:{(j + 1) << 200 | i:064x}"
+            items[layer] = item(layer, 100, i)
+            refs[manifest].append(layer)
+    index = _SnapshotIndex(CacheSnapshot(items, refs, [], {}))
+    store = FilesystemBlobStore(tmp_path / "cache")
+    store.prepare()
+
+    async def scenario() -> tuple[float, float]:
+        evictor = Evictor(index, store, StorageLimits(quota=1000), lambda: ())  # type: ignore[arg-type]
+        evictor.used = 1001  # 101 bytes over 90 % of the quota: one image (301 bytes) goes
+        worst = 0.0
+        running = True
+
+        async def ticker() -> None:
+            nonlocal worst
+            last = time.monotonic()
+            while running:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                worst = max(worst, now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await evictor.run_once()
+        took = time.monotonic() - started
+        running = False
+        await tick
+        return took, worst
+
+    took, worst = asyncio.run(scenario())
+    assert index.evicted == ["sha256:" + "0" * 64, *sorted(refs["sha256:" + "0" * 64])]
+    assert took > 0.3, "the snapshot is too small to show anything"
+    assert worst < min(0.25, took / 2), f"the loop stalled {worst:.2f}s of {took:.2f}s"

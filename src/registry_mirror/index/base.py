@@ -80,6 +80,12 @@ class Index(Protocol):
         """Forget content: rows, references, tags pointing at it, empty repositories."""
         ...
 
+    async def evict(self, digests: list[str]) -> list[str]:
+        """Forget content, in order, like :meth:`remove` — but keep (and leave out of
+        the answer) anything a manifest that stays still references, checked in the same
+        transaction as the delete. Returns what was removed: only those files may go."""
+        ...
+
     def touch(self, digest: Digest) -> None:
         """Note a cache hit (buffered)."""
         ...

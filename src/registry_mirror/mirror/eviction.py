@@ -135,16 +135,20 @@ def plan_eviction(
     return plan
 
 
-async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> int:
-    """Remove planned content: index rows first, then files. Returns files removed."""
-    removed = 0
+async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> tuple[list[str], int]:
+    """Remove planned content: index rows first, then files. The plan was made from a
+    snapshot: content a manifest stored since then references stays (the index checks
+    that in the transaction that deletes the rows), and so does its file. Returns the
+    digests removed from the index and the number of files deleted."""
+    removed: list[str] = []
+    files = 0
     for start in range(0, len(plan.digests), 500):
         batch = plan.digests[start : start + 500]
-        await index.remove(batch)
-        for digest in batch:
+        for digest in await index.evict(batch):
+            removed.append(digest)
             if await store.delete(parse_digest(digest)):
-                removed += 1
-    return removed
+                files += 1
+    return removed, files
 
 
 class Evictor:
@@ -227,7 +231,9 @@ class Evictor:
         if need <= 0 and self.limits.max_idle is None:
             return EvictionPlan()
         snapshot = await self.index.snapshot()
-        plan = plan_eviction(
+        # Pure CPU over a snapshot that may hold millions of rows: off the event loop.
+        plan = await asyncio.to_thread(
+            plan_eviction,
             snapshot,
             need=need,
             now=time.time(),
@@ -239,18 +245,20 @@ class Evictor:
                 log.warning("over the storage limit by %d bytes, nothing evictable", need)
             return plan
         sizes = await self.store.disk_sizes([parse_digest(d) for d in plan.digests])
-        removed = await apply_plan(plan, self.index, self.store)
+        removed, files = await apply_plan(plan, self.index, self.store)
         if self._on_evict is not None:
-            self._on_evict(plan.digests)
-        freed = sum(sizes.values())
+            self._on_evict(removed)
+        freed = sum(sizes.get(digest, 0) for digest in removed)
         self.used = max(0, self.used - freed)
         self.evicted_bytes += freed
         self.evicted_images += len(plan.images)
+        kept = len(plan.digests) - len(removed)
         log.info(
-            "evicted %d images (%d files, %d bytes on disk); cache now %d bytes",
+            "evicted %d images (%d files, %d bytes on disk%s); cache now %d bytes",
             len(plan.images),
-            removed,
+            files,
             freed,
+            f"; {kept} kept, referenced since the plan" if kept else "",
             self.used,
         )
         return plan
