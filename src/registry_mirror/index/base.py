@@ -63,9 +63,10 @@ class Index(Protocol):
     async def list_tags(self, repo: str) -> list[str]: ...
 
     async def put_manifest(
-        self, repo: str, record: ManifestRecord, references: list[Digest]
+        self, repo: str | None, record: ManifestRecord, references: list[Digest]
     ) -> None:
-        """Record a manifest seen through ``repo`` and the blobs/manifests it references."""
+        """Record a manifest seen through ``repo`` (None: not known, as for a file found
+        after a crash) and the blobs/manifests it references."""
         ...
 
     async def get_manifest(self, digest: Digest) -> ManifestRecord | None: ...

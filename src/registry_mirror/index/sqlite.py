@@ -200,7 +200,7 @@ class SQLiteIndex:
         return await self._run(get)
 
     async def put_manifest(
-        self, repo: str, record: ManifestRecord, references: list[Digest]
+        self, repo: str | None, record: ManifestRecord, references: list[Digest]
     ) -> None:
         def put(db: sqlite3.Connection) -> None:
             db.execute(
