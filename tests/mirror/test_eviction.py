@@ -4,7 +4,11 @@ images, and a full disk (a real small tmpfs)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
+import re
+import sqlite3
 import subprocess
 import threading
 import time
@@ -155,22 +159,27 @@ def test_flood_of_distinct_images_stays_within_quota(
     assert hexes(images[-1]) <= on_disk(mirror)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
     mount.mkdir()
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", "8m") as mount:
+        yield mount
 
 
 def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
@@ -386,3 +395,88 @@ def test_planning_a_large_cache_does_not_block_the_event_loop(tmp_path: Path) ->
     assert index.evicted == ["sha256:" + "0" * 64, *sorted(refs["sha256:" + "0" * 64])]
     assert took > 0.3, "the snapshot is too small to show anything"
     assert worst < min(0.25, took / 2), f"the loop stalled {worst:.2f}s of {took:.2f}s"
+
+
+class _SlowToMeasure(FilesystemBlobStore):
+    """A store whose measurement of the whole cache takes as long as the test wants."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.measuring = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def disk_usage(self) -> int:
+        self.measuring.set()
+        await self.release.wait()
+        return 10_000
+
+
+def test_start_does_not_wait_for_the_cache_to_be_measured(tmp_path: Path) -> None:
+    """Nothing is evicted on a partial count; what is added meanwhile is counted."""
+    store = _SlowToMeasure(tmp_path / "cache")
+    store.prepare()
+    lone = Digest.of(b"x" * 5000)
+    path = store.path_for(lone)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x" * 5000)
+    lone_disk = path.stat().st_blocks * 512
+    index = _SnapshotIndex(CacheSnapshot({str(lone): item(str(lone), 5000, 1.0)}, {}, [], {}))
+    snapshots = 0
+
+    async def snapshot() -> CacheSnapshot:
+        nonlocal snapshots
+        snapshots += 1
+        return index._snapshot
+
+    index.snapshot = snapshot  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        evictor = Evictor(index, store, StorageLimits(quota=12_000), lambda: ())  # type: ignore[arg-type]
+        await asyncio.wait_for(evictor.start(), 1)
+        await asyncio.wait_for(store.measuring.wait(), 5)
+        evictor.added(3000)  # a fill committed during the scan: 13,000 bytes, over quota
+        await asyncio.sleep(0.1)
+        assert snapshots == 0 and not evictor.measured.is_set()
+        store.release.set()
+        await asyncio.wait_for(evictor.measured.wait(), 5)
+        # Measured + added; then the lone blob is evicted (90 % of the quota is 10,800).
+        assert evictor.used in (13_000, 13_000 - lone_disk)
+        for _ in range(100):
+            if index.evicted:
+                break
+            await asyncio.sleep(0.05)
+        assert index.evicted == [str(lone)]
+        assert evictor.used == 13_000 - lone_disk
+        await evictor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_large_cache_is_served_at_once_and_measured_in_the_background(
+    upstream: RegistryProcess, tmp_path: Path
+) -> None:
+    with (
+        tmpfs(tmp_path / "big", "200m") as mount,  # files are created quickly there
+        MirrorProcess(mount / "cache", upstream.url, args=["--storage-quota", "1GB"]) as mirror,
+    ):
+        mirror.stop()
+        rows = []
+        for i in range(20_000):
+            data = i.to_bytes(4, "big") * 25
+            hex_ = hashlib.sha256(data).hexdigest()
+            path = mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            rows.append((f"sha256:{hex_}", len(data), 0.0, time.time(), 0))
+        db = sqlite3.connect(mirror.root / "index.db")
+        with db:  # indexed: nothing to adopt
+            db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+        db.close()
+        mirror.log_path.unlink()  # the first run's lines
+        started = time.monotonic()
+        mirror.start()
+        assert time.monotonic() - started < 10
+        wait_for(lambda: "cache measured" in mirror.log())
+        measured = re.search(r"cache measured: (\d+) bytes on disk", mirror.log())
+        assert measured is not None and int(measured.group(1)) == disk_bytes(mirror) > 20_000 * 100
+        assert "files indexed again" not in mirror.log()

@@ -155,7 +155,11 @@ class Evictor:
     """Keeps the cache within its limits, in the background.
 
     ``used`` is the bytes on disk of the committed blobs, measured from the filesystem
-    at start and kept up to date as content is added and removed.
+    in the background after start (serving does not wait for it; neither does anything
+    get evicted before it is known) and kept up to date as content is added and removed.
+    A file committed while the cache is being measured may be counted twice (seen by the
+    scan and added): ``used`` errs high, by at most what was written during the scan,
+    until the next measurement.
     """
 
     def __init__(
@@ -172,6 +176,8 @@ class Evictor:
         self.limits = limits
         self._in_use = in_use
         self.used = 0
+        self.measured = asyncio.Event()  # set once ``used`` counts the whole cache
+        self._added_total = 0  # bytes ever added, to count those added during a scan
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.evicted_bytes = 0
@@ -181,7 +187,7 @@ class Evictor:
         return f"<Evictor used={self.used} {self.limits}>"
 
     async def start(self) -> None:
-        self.used = await self.store.disk_usage()
+        """Start guarding the disk; the cache is measured in the background."""
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -191,6 +197,7 @@ class Evictor:
 
     def added(self, nbytes: int) -> None:
         self.used += nbytes
+        self._added_total += nbytes
         if self.limits.quota is not None and self.used > self.limits.quota:
             self._wake.set()
 
@@ -201,19 +208,38 @@ class Evictor:
         interval = CHECK_INTERVAL
         if self.limits.max_idle is not None:
             interval = max(0.5, min(interval, self.limits.max_idle / 2))
-        measured = time.monotonic()
+        measured: float | None = None
         while True:
+            # Operator commands (prune, verify --repair) change the cache too: measure
+            # again now and then.
+            if measured is None or time.monotonic() - measured > REMEASURE_INTERVAL:
+                try:
+                    await self._measure(first=measured is None)
+                    measured = time.monotonic()
+                except Exception as exc:  # tried again at the next check
+                    log.error("could not measure the cache: %s", exc)
+            if self.measured.is_set():  # never evict on a partial count
+                try:
+                    await self.run_once()
+                except Exception as exc:  # never stop guarding the disk
+                    log.error("eviction failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
-            try:
-                if time.monotonic() - measured > REMEASURE_INTERVAL:
-                    # Operator commands (prune, verify --repair) change the cache too.
-                    self.used = await self.store.disk_usage()
-                    measured = time.monotonic()
-                await self.run_once()
-            except Exception as exc:  # never stop guarding the disk
-                log.error("eviction failed: %s", exc)
+
+    async def _measure(self, *, first: bool) -> None:
+        started = time.monotonic()
+        added_before = self._added_total
+        on_disk = await self.store.disk_usage()
+        # Evictions run in this task, never during the scan; additions may.
+        self.used = on_disk + self._added_total - added_before
+        self.measured.set()
+        log.log(
+            logging.INFO if first else logging.DEBUG,
+            "cache measured: %d bytes on disk (%.1f s)",
+            self.used,
+            time.monotonic() - started,
+        )
 
     async def _need(self) -> int:
         need = 0
