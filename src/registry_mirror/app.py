@@ -55,6 +55,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         nonlocal store, index, router
+        own_store = store is None  # a store given by the caller is the caller's to close
         if store is None:
             fs = FilesystemBlobStore(root)
             await asyncio.to_thread(fs.prepare)
@@ -104,6 +105,8 @@ def create_app(
             await mirror.close()
             await asyncio.to_thread(reactor.close)
             await index.close()
+            if own_store:
+                await store.close()
             if session is not None:
                 await session.close()
 

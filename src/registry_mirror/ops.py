@@ -68,6 +68,7 @@ class Cache:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.index.close()
+        await self.store.close()
 
 
 @dataclass(frozen=True, slots=True)
