@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,7 @@ class FilesystemBlobStore:
         self._writer = ThreadPoolExecutor(write_threads, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(read_threads, thread_name_prefix="store-read")
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="store-scan")
+        self._closing = threading.Event()  # long walks stop early when the store closes
 
     async def _write_io(self, fn: Callable[..., T], *args: object) -> T:
         return await self._in(self._writer, fn, *args)
@@ -66,12 +68,20 @@ class FilesystemBlobStore:
             raise StorageError("the blob store is closed") from exc
         return await future
 
+    def _check_open(self) -> None:
+        """Called between the steps of a long walk: a closing store stops it."""
+        if self._closing.is_set():
+            raise StorageError("the blob store is closed")
+
     async def close(self) -> None:
         """Finish the file operations under way and stop the store's threads."""
 
+        self._closing.set()
+
         def shutdown() -> None:
-            for executor in (self._writer, self._reader, self._scanner):
-                executor.shutdown(wait=True)
+            for executor in (self._reader, self._scanner):
+                executor.shutdown(wait=True, cancel_futures=True)
+            self._writer.shutdown(wait=True)  # staged writes end in a commit or an abort
 
         await asyncio.to_thread(shutdown)
 
@@ -146,6 +156,7 @@ class FilesystemBlobStore:
             length = 0
             with open(self.path_for(digest), "rb") as f:
                 while chunk := f.read(READ_CHUNK):
+                    self._check_open()
                     hasher.update(chunk)
                     length += len(chunk)
                     if progress is not None:
@@ -187,6 +198,7 @@ class FilesystemBlobStore:
                 if not algorithm.is_dir():
                     continue
                 for prefix in os.scandir(algorithm.path):
+                    self._check_open()
                     if not prefix.is_dir():
                         continue
                     for entry in os.scandir(prefix.path):
@@ -204,6 +216,7 @@ class FilesystemBlobStore:
                 return 0
             for algorithm in os.scandir(self.blobs_dir):
                 for prefix in os.scandir(algorithm.path) if algorithm.is_dir() else ():
+                    self._check_open()
                     for entry in os.scandir(prefix.path) if prefix.is_dir() else ():
                         with contextlib.suppress(FileNotFoundError):
                             total += entry.stat(follow_symlinks=False).st_blocks * 512
