@@ -56,6 +56,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         nonlocal store, index, router
+        own_store = store is None  # a store given by the caller is the caller's to close
         if store is None:
             fs = FilesystemBlobStore(root)
             await asyncio.to_thread(fs.prepare)
@@ -102,6 +103,8 @@ def create_app(
             await mirror.close()
             await asyncio.to_thread(reactor.close)
             await index.close()
+            if own_store:
+                await store.close()
             if sessions is not None:
                 await sessions.close()
 

@@ -183,7 +183,10 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     for digest in plan.images:
         out.print(f"  {digest}", highlight=False)
     if not args.dry_run and removed != len(plan.digests):
-        out.print(f"({len(plan.digests) - removed} files were already gone)", highlight=False)
+        out.print(
+            f"({len(plan.digests) - removed} files were already gone or are referenced again)",
+            highlight=False,
+        )
     return 0
 
 

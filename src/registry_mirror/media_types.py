@@ -21,6 +21,7 @@ __all__ = [
     "Accept",
     "ManifestParseError",
     "Platform",
+    "detect_manifest",
     "parse_manifest",
 ]
 
@@ -166,6 +167,35 @@ def parse_manifest(body: bytes, media_type: str) -> ParsedManifest:
     if len(references) > MAX_REFERENCES:
         raise ManifestParseError(f"manifest references more than {MAX_REFERENCES} items")
     return ParsedManifest(media_type, references, platforms)
+
+
+def detect_manifest(body: bytes) -> ParsedManifest | None:
+    """The manifest a stored file is, if it is one of the types the mirror serves: by its
+    ``mediaType``, or for an OCI manifest or index without one, by its shape. None for
+    anything else (a layer, an image config, JSON of another kind)."""
+    if body[:64].lstrip()[:1] != b"{":  # a layer is not parsed at all
+        return None
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        return None
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        media_type = declared
+    elif isinstance(doc.get("manifests"), list):
+        media_type = OCI_INDEX
+    elif isinstance(doc.get("config"), dict) and isinstance(doc.get("layers"), list):
+        media_type = OCI_MANIFEST
+    else:
+        return None
+    if media_type not in INDEX_TYPES | IMAGE_TYPES:
+        return None
+    try:
+        return parse_manifest(body, media_type)
+    except ManifestParseError:
+        return None
 
 
 def _list(value: Any) -> list[dict[str, Any]]:

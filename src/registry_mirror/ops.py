@@ -68,6 +68,7 @@ class Cache:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.index.close()
+        await self.store.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,8 @@ async def plan_prune(
 
 
 async def prune(cache: Cache, plan: EvictionPlan) -> int:
-    return await apply_plan(plan, cache.index, cache.store)
+    _, files = await apply_plan(plan, cache.index, cache.store)
+    return files
 
 
 @dataclass(frozen=True, slots=True)

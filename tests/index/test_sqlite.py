@@ -6,7 +6,9 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from registry_mirror.index import ManifestRecord, SQLiteIndex
+import pytest
+
+from registry_mirror.index import IndexError_, ManifestRecord, SQLiteIndex
 from registry_mirror.reference import Digest
 
 
@@ -48,3 +50,73 @@ def test_tags_manifests_blobs_and_last_use(tmp_path: Path) -> None:
     assert db.execute("SELECT hits FROM blobs WHERE digest = ?", (str(layer),)).fetchone()[0] == 2
     refs = db.execute("SELECT child FROM manifest_refs WHERE manifest = ?", (str(manifest),))
     assert refs.fetchall() == [(str(layer),)]
+
+
+def test_removal_by_digest_uses_indexes(tmp_path: Path) -> None:
+    """Every evicted digest is looked up in tags, repo_content and manifest_refs: by an
+    index, not a scan of the table."""
+    asyncio.run(_open_and_close(tmp_path / "index.db"))
+    db = sqlite3.connect(tmp_path / "index.db")
+    for query in (
+        "DELETE FROM tags WHERE digest = ?",
+        "DELETE FROM repo_content WHERE digest = ?",
+        "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1",
+        "DELETE FROM manifest_refs WHERE manifest = ?",
+    ):
+        plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}", ("x",)))
+        assert "USING" in plan and "INDEX" in plan, (query, plan)
+
+
+async def _open_and_close(path: Path) -> None:
+    index = SQLiteIndex(path)
+    await index.open()
+    await index.close()
+
+
+def test_an_index_made_before_the_digest_indexes_opens_and_gets_them(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    asyncio.run(_open_and_close(path))
+    db = sqlite3.connect(path)
+    for name in ("tags_digest", "repo_content_digest", "manifest_refs_child"):
+        db.execute(f"DROP INDEX {name}")
+    db.execute("INSERT INTO blobs VALUES ('sha256:aa', 1, 0, 0, 0)")
+    db.commit()
+    db.close()
+    asyncio.run(_open_and_close(path))
+    db = sqlite3.connect(path)
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"tags_digest", "repo_content_digest", "manifest_refs_child"} <= names
+    assert db.execute("SELECT digest FROM blobs").fetchall() == [("sha256:aa",)]
+
+
+def test_an_index_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    asyncio.run(_open_and_close(path))
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(IndexError_, match="newer than this version"):
+        asyncio.run(_open_and_close(path))
+
+
+def test_evict_keeps_what_a_manifest_stored_since_the_plan_references(tmp_path: Path) -> None:
+    shared, own, other = Digest.of(b"shared"), Digest.of(b"own"), Digest.of(b"other")
+    old, new = Digest.of(b"old manifest"), Digest.of(b"new manifest")
+
+    async def scenario() -> tuple[list[str], set[str]]:
+        index = SQLiteIndex(tmp_path / "index.db")
+        await index.open()
+        await index.put_manifest("r/a", ManifestRecord(old, "application/x", 1), [shared, own])
+        await index.put_blob("r/a", shared, 1)
+        await index.put_blob("r/a", own, 1)
+        # Stored after the plan [old, shared, own] was made.
+        await index.put_manifest("r/b", ManifestRecord(new, "application/x", 1), [shared, other])
+        await index.put_blob("r/b", shared, 1)
+        gone = await index.evict([str(old), str(shared), str(own)])
+        left = set((await index.snapshot()).items)
+        await index.close()
+        return gone, left
+
+    gone, left = asyncio.run(scenario())
+    assert gone == [str(old), str(own)]
+    assert left == {str(new), str(shared)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.images import MANIFEST_ACCEPT, push_image
+from registry_mirror.media_types import OCI_INDEX, OCI_MANIFEST, detect_manifest
+from tests.conftest import MirrorFactory
+from tests.support.faulty import FaultyProxy
+from tests.support.images import MANIFEST_ACCEPT, push_image, push_index
 from tests.support.mirror import MirrorProcess, mirror_binary
 from tests.support.registry import RegistryProcess
 
@@ -119,3 +123,64 @@ def test_files_committed_without_their_index_row_are_adopted_or_removed(
     with httpx.Client(base_url=mirror.url, trust_env=False) as client:
         assert client.get(f"/v2/library/x/blobs/sha256:{good_hex}").content == good
         assert client.get("/v2/_catalog").json() == {"repositories": []}
+
+
+def test_manifests_committed_without_their_index_row_are_adopted_as_manifests(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory
+) -> None:
+    """A crash between the commit of manifests and their index rows: at the next start
+    they are indexed as manifests again (media type, references), so they are served as
+    such from the cache when upstream cannot send them."""
+    image = push_image(upstream.url, "library/crashed", "1", layers=[3000], media="docker")
+    index = push_index(upstream.url, "library/crashed", "multi", media="oci", seed=9)
+    manifests = {**image.manifests(), **index.manifests()}
+    with FaultyProxy(upstream.url) as proxy:
+        mirror = mirror_factory(proxy.url)
+        mirror.stop()
+        for digest, data in [*image.blobs.items(), *((d, m[1]) for d, m in manifests.items())]:
+            hex_ = digest.split(":")[1]
+            path = mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        mirror.start()
+        deadline = time.monotonic() + 15
+        while "files indexed again" not in mirror.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"{len(image.blobs) + len(manifests)} files indexed again" in mirror.log()
+
+        db = sqlite3.connect(mirror.root / "index.db")
+        rows = dict(db.execute("SELECT digest, media_type FROM manifests").fetchall())
+        assert rows == {digest: media_type for digest, (media_type, _) in manifests.items()}
+        refs = db.execute(
+            "SELECT child FROM manifest_refs WHERE manifest = ?", (image.digest,)
+        ).fetchall()
+        assert {child for (child,) in refs} == set(image.blobs)
+        db.close()
+
+        proxy.status("GET", r"/manifests/", 503)  # upstream cannot send manifests
+        with httpx.Client(base_url=mirror.url, trust_env=False, timeout=30) as client:
+            for digest, (media_type, body) in manifests.items():
+                got = client.get(
+                    f"/v2/library/crashed/manifests/{digest}", headers={"Accept": MANIFEST_ACCEPT}
+                )
+                assert got.status_code == 200, got.text
+                assert got.headers["Content-Type"] == media_type
+                assert got.content == body
+        assert proxy.count("GET", r"/manifests/") == 0
+
+
+def test_adoption_tells_manifests_from_other_files() -> None:
+    layer = "sha256:" + "a" * 64
+    untyped_image = json.dumps(
+        {"schemaVersion": 2, "config": {"digest": layer}, "layers": [{"digest": layer}]}
+    ).encode()
+    untyped_index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": layer}]}).encode()
+    found = detect_manifest(untyped_image)
+    assert found is not None and found.media_type == OCI_MANIFEST
+    assert [str(d) for d in found.references] == [layer, layer]
+    found = detect_manifest(untyped_index)
+    assert found is not None and found.media_type == OCI_INDEX
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
+    other = json.dumps({"schemaVersion": 2, "mediaType": "text/html", "layers": []}).encode()
+    for body in (config, other, b"\x1f\x8b\x08\x00gzip", b"{not json", b"[1, 2]"):
+        assert detect_manifest(body) is None

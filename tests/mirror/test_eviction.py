@@ -3,8 +3,14 @@ images, and a full disk (a real small tmpfs)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import os
+import re
+import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry_mirror.index import CacheItem, CacheSnapshot
-from registry_mirror.mirror.eviction import plan_eviction
+from registry_mirror.index import CacheItem, CacheSnapshot, ManifestRecord, SQLiteIndex
+from registry_mirror.mirror.eviction import Evictor, StorageLimits, apply_plan, plan_eviction
+from registry_mirror.reference import Digest
+from registry_mirror.storage import FilesystemBlobStore
 from tests.conftest import MirrorFactory
+from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
@@ -150,22 +159,27 @@ def test_flood_of_distinct_images_stays_within_quota(
     assert hexes(images[-1]) <= on_disk(mirror)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
     mount.mkdir()
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", "8m") as mount:
+        yield mount
 
 
 def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
@@ -197,3 +211,272 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
         os.sync()
         pull(mirror, large)
         assert hexes(large) <= on_disk(mirror)  # space returned: cached again
+
+
+def fill_disk(mount: Path) -> Path:
+    """Take every free byte of ``mount``; the filler file to remove to give them back."""
+    filler = mount / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def stream_blob(
+    mirror: MirrorProcess,
+    repo: str,
+    digest: str,
+    received: list[int],
+    outcome: list[bytes | httpx.HTTPError],
+) -> None:
+    """GET a blob, noting the bytes received as they come; the body or the error last."""
+    body = bytearray()
+    try:
+        with (
+            httpx.Client(base_url=mirror.url, trust_env=False, timeout=60) as client,
+            client.stream("GET", f"/v2/{repo}/blobs/{digest}") as response,
+        ):
+            for chunk in response.iter_bytes(65536):
+                body += chunk
+                received.append(len(body))
+        outcome.append(bytes(body))
+    except httpx.HTTPError as exc:
+        outcome.append(exc)
+
+
+def test_disk_full_mid_fill_continuation_is_verified_and_a_corrupt_one_aborted(
+    upstream: RegistryProcess, small_disk: Path
+) -> None:
+    """The disk fills while a layer streams to its client: the client goes on straight
+    from upstream (Range). That continuation is checked with the bytes already sent, so a
+    corrupt one aborts the response instead of completing it with bad data."""
+    image = push_image(upstream.url, "library/fullmid", "1", layers=[3_000_000], seed=21)
+    layer = image.layer_digests[0]
+    data = image.blobs[layer]
+    with FaultyProxy(upstream.url) as proxy:
+        mirror = MirrorProcess(small_disk / "cache", proxy.url)
+        mirror.log_path = small_disk.parent / "cache.log"
+        with mirror:
+            for corrupt in (False, True):
+                gate = proxy.gate("GET", rf"/blobs/{layer}", 500_000, times=1)
+                if corrupt:
+                    proxy.corrupt("GET", rf"/blobs/{layer}", times=1)
+                received: list[int] = []
+                outcome: list[bytes | httpx.HTTPError] = []
+                thread = threading.Thread(
+                    target=stream_blob, args=(mirror, image.repo, layer, received, outcome)
+                )
+                thread.start()
+                gate.wait_reached()
+                wait_for(lambda: bool(received))  # noqa: B023 - waited for here
+                filler = fill_disk(small_disk)
+                gate.release()
+                thread.join(timeout=60)
+                assert not thread.is_alive()
+                ranged = [
+                    r for r in proxy.requests("GET", rf"/blobs/{layer}") if "Range" in r.headers
+                ]
+                assert ranged, "the client was not continued from upstream"
+                if corrupt:
+                    assert isinstance(outcome[0], httpx.HTTPError), "corrupt data completed"
+                else:
+                    assert outcome[0] == data
+                assert layer.split(":")[1] not in on_disk(mirror)
+                filler.unlink()
+                os.sync()
+                proxy.clear_faults()
+                proxy.clear_log()
+            assert "Traceback" not in mirror.log()
+
+
+def test_a_manifest_stored_between_plan_and_eviction_keeps_its_shared_layer(
+    tmp_path: Path,
+) -> None:
+    """The plan says layer L is held only by image A (evicted); image B, referencing L,
+    is stored before the plan is applied: L must stay, in the index and on disk."""
+
+    async def scenario() -> None:
+        store = FilesystemBlobStore(tmp_path / "cache")
+        store.prepare()
+        index = SQLiteIndex(tmp_path / "cache" / "index.db")
+        await index.open()
+
+        async def put(data: bytes) -> Digest:
+            digest = Digest.of(data)
+            staged = await store.begin_write()
+            await staged.write(data)
+            await staged.commit(digest, len(data))
+            return digest
+
+        layer, own, other = await put(b"L" * 1000), await put(b"A" * 1000), await put(b"B" * 9)
+        manifest_a, manifest_b = await put(b"manifest A"), await put(b"manifest B")
+        await index.put_manifest("r/a", ManifestRecord(manifest_a, "x", 10), [layer, own])
+        for blob in (layer, own):
+            await index.put_blob("r/a", blob, 1000)
+        plan = plan_eviction(await index.snapshot(), need=1, now=time.time())
+        assert set(plan.digests) == {str(manifest_a), str(layer), str(own)}
+
+        await index.put_manifest("r/b", ManifestRecord(manifest_b, "x", 10), [layer, other])
+        await index.put_blob("r/b", other, 9)
+        result = await apply_plan(plan, index, store)
+
+        items = (await index.snapshot()).items
+        assert {str(layer), str(manifest_b), str(other)} <= set(items)
+        assert await store.stat(layer) is not None  # B is whole
+        assert await store.stat(own) is None
+        assert str(manifest_a) not in items
+        assert result == ([str(manifest_a), str(own)], 2)
+        await index.close()
+
+    asyncio.run(scenario())
+
+
+class _SnapshotIndex:
+    """Just enough of an Index for the Evictor: a fixed snapshot, evictions recorded."""
+
+    def __init__(self, snapshot: CacheSnapshot) -> None:
+        self._snapshot = snapshot
+        self.evicted: list[str] = []
+
+    async def snapshot(self) -> CacheSnapshot:
+        return self._snapshot
+
+    async def evict(self, digests: list[str]) -> list[str]:
+        self.evicted += digests
+        return digests
+
+    remove = evict
+
+
+def test_planning_a_large_cache_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    items: dict[str, CacheItem] = {}
+    refs: dict[str, list[str]] = {}
+    for i in range(75_000):  # 300k items: about a second of planning
+        manifest = f"sha256:{i:064x}"
+        items[manifest] = item(manifest, 1, i, manifest=True)
+        refs[manifest] = []
+        for j in range(3):
+            layer = f"sha256:{(j + 1) << 200 | i:064x}"
+            items[layer] = item(layer, 100, i)
+            refs[manifest].append(layer)
+    index = _SnapshotIndex(CacheSnapshot(items, refs, [], {}))
+    store = FilesystemBlobStore(tmp_path / "cache")
+    store.prepare()
+
+    async def scenario() -> tuple[float, float]:
+        evictor = Evictor(index, store, StorageLimits(quota=1000), lambda: ())  # type: ignore[arg-type]
+        evictor.used = 1001  # 101 bytes over 90 % of the quota: one image (301 bytes) goes
+        worst = 0.0
+        running = True
+
+        async def ticker() -> None:
+            nonlocal worst
+            last = time.monotonic()
+            while running:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                worst = max(worst, now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await evictor.run_once()
+        took = time.monotonic() - started
+        running = False
+        await tick
+        return took, worst
+
+    took, worst = asyncio.run(scenario())
+    assert index.evicted == ["sha256:" + "0" * 64, *sorted(refs["sha256:" + "0" * 64])]
+    assert took > 0.3, "the snapshot is too small to show anything"
+    assert worst < min(0.25, took / 2), f"the loop stalled {worst:.2f}s of {took:.2f}s"
+
+
+class _SlowToMeasure(FilesystemBlobStore):
+    """A store whose measurement of the whole cache takes as long as the test wants."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.measuring = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def disk_usage(self) -> int:
+        self.measuring.set()
+        await self.release.wait()
+        return 10_000
+
+
+def test_start_does_not_wait_for_the_cache_to_be_measured(tmp_path: Path) -> None:
+    """Nothing is evicted on a partial count; what is added meanwhile is counted."""
+    store = _SlowToMeasure(tmp_path / "cache")
+    store.prepare()
+    lone = Digest.of(b"x" * 5000)
+    path = store.path_for(lone)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x" * 5000)
+    lone_disk = path.stat().st_blocks * 512
+    index = _SnapshotIndex(CacheSnapshot({str(lone): item(str(lone), 5000, 1.0)}, {}, [], {}))
+    snapshots = 0
+
+    async def snapshot() -> CacheSnapshot:
+        nonlocal snapshots
+        snapshots += 1
+        return index._snapshot
+
+    index.snapshot = snapshot  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        evictor = Evictor(index, store, StorageLimits(quota=12_000), lambda: ())  # type: ignore[arg-type]
+        await asyncio.wait_for(evictor.start(), 1)
+        await asyncio.wait_for(store.measuring.wait(), 5)
+        evictor.added(3000)  # a fill committed during the scan: 13,000 bytes, over quota
+        await asyncio.sleep(0.1)
+        assert snapshots == 0 and not evictor.measured.is_set()
+        store.release.set()
+        await asyncio.wait_for(evictor.measured.wait(), 5)
+        # Measured + added; then the lone blob is evicted (90 % of the quota is 10,800).
+        assert evictor.used in (13_000, 13_000 - lone_disk)
+        for _ in range(100):
+            if index.evicted:
+                break
+            await asyncio.sleep(0.05)
+        assert index.evicted == [str(lone)]
+        assert evictor.used == 13_000 - lone_disk
+        await evictor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_large_cache_is_served_at_once_and_measured_in_the_background(
+    upstream: RegistryProcess, tmp_path: Path
+) -> None:
+    with (
+        tmpfs(tmp_path / "big", "200m") as mount,  # files are created quickly there
+        MirrorProcess(mount / "cache", upstream.url, args=["--storage-quota", "1GB"]) as mirror,
+    ):
+        mirror.stop()
+        rows = []
+        for i in range(20_000):
+            data = i.to_bytes(4, "big") * 25
+            hex_ = hashlib.sha256(data).hexdigest()
+            path = mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            rows.append((f"sha256:{hex_}", len(data), 0.0, time.time(), 0))
+        db = sqlite3.connect(mirror.root / "index.db")
+        with db:  # indexed: nothing to adopt
+            db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+        db.close()
+        mirror.log_path.unlink()  # the first run's lines
+        started = time.monotonic()
+        mirror.start()
+        assert time.monotonic() - started < 10
+        wait_for(lambda: "cache measured" in mirror.log())
+        measured = re.search(r"cache measured: (\d+) bytes on disk", mirror.log())
+        assert measured is not None and int(measured.group(1)) == disk_bytes(mirror) > 20_000 * 100
+        assert "files indexed again" not in mirror.log()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 
 from registry_mirror.mirror import Route, UpstreamEntry
+from registry_mirror.mirror.direct import DirectBlob
+from registry_mirror.mirror.errors import FillFailed
 from registry_mirror.mirror.fill import BlobFill
-from registry_mirror.reference import parse_digest
+from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.storage import BlobInfo, FilesystemBlobStore
 from registry_mirror.upstream import Upstream
 from tests.support.images import push_image
@@ -41,3 +45,48 @@ def test_a_client_arriving_just_after_the_commit_reads_the_committed_file(
             return b"".join([chunk async for chunk in fill.stream(0, None)])
 
     assert asyncio.run(scenario()) == data
+
+
+class _Continuation:
+    """An upstream answer to ``Range: bytes=<offset>-`` (what DirectBlob reads)."""
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        self._data = data
+        self.offset = offset
+        self.size = len(data)
+        self.closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for at in range(self.offset, len(self._data), 1000):
+            yield self._data[at : at + 1000]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_continuation_is_verified_with_the_bytes_sent_before_it() -> None:
+    data = os.urandom(10_000)
+    digest = Digest.of(data)
+    sent = 3_500
+
+    async def collect(upstream_data: bytes) -> tuple[bytes, BaseException | None]:
+        hasher = digest.hasher()
+        hasher.update(data[:sent])  # what the client already has
+        upstream = _Continuation(upstream_data, sent)
+        direct = DirectBlob(digest, upstream, hasher=hasher, hashed=sent)  # type: ignore[arg-type]
+        out = bytearray()
+        try:
+            async for chunk in direct.stream(sent, None):
+                out += chunk
+        except FillFailed as exc:
+            return bytes(out), exc
+        assert upstream.closed
+        return bytes(out), None
+
+    body, error = asyncio.run(collect(data))
+    assert error is None and body == data[sent:]
+    corrupt = bytearray(data)
+    corrupt[7_000] ^= 0xFF
+    body, error = asyncio.run(collect(bytes(corrupt)))
+    assert error is not None and "hashed to" in str(error)
+    assert len(body) < len(data) - sent  # the last bytes are never sent

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from registry_mirror.index import SQLiteIndex
 from registry_mirror.reference import Digest
-from registry_mirror.storage import DigestMismatch, FilesystemBlobStore
+from registry_mirror.storage import DigestMismatch, FilesystemBlobStore, StorageError
 
 
 def store_at(tmp_path: Path) -> FilesystemBlobStore:
@@ -96,5 +99,81 @@ def test_sha512_digests_are_verified(tmp_path: Path) -> None:
         await staged.write(data)
         await staged.commit(digest, len(data))
         assert store.path_for(digest).read_bytes() == data
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_disk_does_not_delay_hits_followers_the_index_or_other_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync on a busy disk can take seconds. Many fills committing at once then hold
+    every thread the store writes with; cache-hit stats and reads, followers' reads of a
+    fill in progress, the index and everything else that runs in a thread (password
+    checks) go on. The disk's fsync is the one thing made slow here: it waits for the
+    test, bounded, before doing the real one."""
+    disk_ready = threading.Event()
+    in_fsync = 0
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        nonlocal in_fsync
+        in_fsync += 1
+        disk_ready.wait(20)
+        real_fsync(fd)
+
+    async def scenario() -> None:
+        store = store_at(tmp_path)
+        index = SQLiteIndex(tmp_path / "index.db")
+        await index.open()
+        hit = os.urandom(100_000)
+        staged = await store.begin_write()
+        await staged.write(hit)
+        await staged.commit(Digest.of(hit))
+        await index.put_blob("r/a", Digest.of(hit), len(hit))
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+
+        async def fill(n: int) -> None:
+            data = n.to_bytes(4, "big") * 1000
+            staged = await store.begin_write()
+            await staged.write(data)
+            await staged.commit(Digest.of(data))
+
+        follower = await store.begin_write()
+        await follower.write(b"follow me")
+        fills = [asyncio.create_task(fill(n)) for n in range(16)]
+        try:
+            for _ in range(200):
+                if in_fsync >= 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert in_fsync >= 4, "the fills did not reach the disk"
+            started = time.monotonic()
+            assert await asyncio.wait_for(store.stat(Digest.of(hit)), 5) is not None
+            body = b"".join([c async for c in store.open(Digest.of(hit))])
+            assert body == hit
+            reader = follower.reader()
+            assert await asyncio.wait_for(reader.read(0, 100), 5) == b"follow me"
+            reader.close()
+            assert await asyncio.wait_for(index.get_tag("r/a", "1"), 5) is None
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "checked"), 5) == "checked"
+            assert time.monotonic() - started < 2
+            assert not any(task.done() for task in fills)  # the disk is still slow
+        finally:
+            disk_ready.set()
+            await asyncio.gather(*fills)
+            await follower.abort()
+        await index.close()
+        await store.close()
+        assert len([p for p in store.blobs_dir.rglob("*") if p.is_file()]) == 17
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_store_says_so(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = store_at(tmp_path)
+        await store.close()
+        with pytest.raises(StorageError, match="closed"):
+            await store.stat(Digest.of(b"x"))
 
     asyncio.run(scenario())

@@ -63,9 +63,10 @@ class Index(Protocol):
     async def list_tags(self, repo: str) -> list[str]: ...
 
     async def put_manifest(
-        self, repo: str, record: ManifestRecord, references: list[Digest]
+        self, repo: str | None, record: ManifestRecord, references: list[Digest]
     ) -> None:
-        """Record a manifest seen through ``repo`` and the blobs/manifests it references."""
+        """Record a manifest seen through ``repo`` (None: not known, as for a file found
+        after a crash) and the blobs/manifests it references."""
         ...
 
     async def get_manifest(self, digest: Digest) -> ManifestRecord | None: ...
@@ -78,6 +79,12 @@ class Index(Protocol):
 
     async def remove(self, digests: list[str]) -> None:
         """Forget content: rows, references, tags pointing at it, empty repositories."""
+        ...
+
+    async def evict(self, digests: list[str]) -> list[str]:
+        """Forget content, in order, like :meth:`remove` — but keep (and leave out of
+        the answer) anything a manifest that stays still references, checked in the same
+        transaction as the delete. Returns what was removed: only those files may go."""
         ...
 
     def touch(self, digest: Digest) -> None:

@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS repo_content (
     digest TEXT NOT NULL,
     PRIMARY KEY (repo_id, digest)
 );
+-- Lookups by digest when content is removed (the keys above start with another column).
+-- Indexes change no row: an index of this schema without them is the same version.
+CREATE INDEX IF NOT EXISTS tags_digest ON tags (digest);
+CREATE INDEX IF NOT EXISTS repo_content_digest ON repo_content (digest);
+CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs (child);
 """
 
 
@@ -195,7 +200,7 @@ class SQLiteIndex:
         return await self._run(get)
 
     async def put_manifest(
-        self, repo: str, record: ManifestRecord, references: list[Digest]
+        self, repo: str | None, record: ManifestRecord, references: list[Digest]
     ) -> None:
         def put(db: sqlite3.Connection) -> None:
             db.execute(
@@ -281,8 +286,6 @@ class SQLiteIndex:
     async def remove(self, digests: list[str]) -> None:
         if not digests:
             return
-        gone = set(digests)
-        self._tags = {key: value for key, value in self._tags.items() if value not in gone}
         rows = [(digest,) for digest in digests]
 
         def delete(db: sqlite3.Connection) -> None:
@@ -297,7 +300,51 @@ class SQLiteIndex:
             )
 
         await self._run(delete)
-        for digest in digests:
+        self._forget(digests)
+
+    async def evict(self, digests: list[str]) -> list[str]:
+        gone: list[str] = []
+
+        def delete(db: sqlite3.Connection) -> None:
+            pending = list(digests)
+            while pending:
+                kept: list[str] = []
+                for digest in pending:
+                    # Still referenced by a manifest that stays (one stored since the plan
+                    # was made): keep it. Parents usually come before their children; a
+                    # child met first is tried again once its parent went.
+                    if db.execute(
+                        "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (digest,)
+                    ).fetchone():
+                        kept.append(digest)
+                        continue
+                    row = (digest,)
+                    db.execute("DELETE FROM tags WHERE digest = ?", row)
+                    db.execute("DELETE FROM manifest_refs WHERE manifest = ?", row)
+                    db.execute("DELETE FROM manifests WHERE digest = ?", row)
+                    db.execute("DELETE FROM repo_content WHERE digest = ?", row)
+                    db.execute("DELETE FROM blobs WHERE digest = ?", row)
+                    gone.append(digest)
+                if len(kept) == len(pending):
+                    break
+                pending = kept
+            db.execute(
+                "DELETE FROM repositories WHERE id NOT IN (SELECT repo_id FROM tags)"
+                " AND id NOT IN (SELECT repo_id FROM repo_content)"
+            )
+
+        if digests:
+            await self._run(delete)
+        self._forget(gone)
+        return gone
+
+    def _forget(self, digests: list[str]) -> None:
+        """Drop removed content from the tag memory and the pending last-use batch."""
+        removed = set(digests)
+        if not removed:
+            return
+        self._tags = {key: value for key, value in self._tags.items() if value not in removed}
+        for digest in removed:
             self._touched.pop(digest, None)
 
     def touch(self, digest: Digest) -> None:

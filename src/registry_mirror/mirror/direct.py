@@ -21,13 +21,22 @@ class DirectBlob:
     """
 
     def __init__(
-        self, digest: Digest, upstream: BlobStream, *, hasher: hashlib._Hash | None = None
+        self,
+        digest: Digest,
+        upstream: BlobStream,
+        *,
+        hasher: hashlib._Hash | None = None,
+        hashed: int = 0,
     ) -> None:
-        """``upstream`` may start past 0 (a resume); ``hasher`` then carries the hash of
-        the bytes before it, so that a whole-blob response is still verified."""
+        """``upstream`` may start past 0 (a resume). ``hasher`` then carries the hash of
+        the first ``hashed`` bytes (already sent to the client from elsewhere), so that a
+        response from 0 — or one that goes on at ``hashed`` — is still verified whole."""
+        if hasher is None and hashed:
+            raise ValueError("hashed bytes without their hasher")
         self.digest = digest
         self._upstream = upstream
         self._hasher = hasher
+        self._hashed = hashed
         self.size = upstream.size
 
     def __repr__(self) -> str:
@@ -38,12 +47,14 @@ class DirectBlob:
         self._upstream.close()
 
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        whole = start == 0 and end in (None, self.size)
+        """Bytes ``[start, end)``. Verified when, with the bytes already hashed, they make
+        the whole blob: ``start`` is 0, or it is where the given hasher stopped."""
+        whole = start in (0, self._hashed) and end in (None, self.size)
         position = self._upstream.offset
         hasher = None
         if whole:
-            hasher = self._hasher or (self.digest.hasher() if position == 0 else None)
-            if hasher is None:
+            hasher = self._hasher or self.digest.hasher()
+            if position > self._hashed:
                 raise FillFailed(f"cannot verify {self.digest} from offset {position}")
         held: bytes | None = None
         try:
@@ -51,8 +62,9 @@ class DirectBlob:
                 piece = chunk
                 chunk_start = position
                 position += len(piece)
-                if hasher is not None:
-                    hasher.update(piece)
+                if hasher is not None and position > self._hashed:
+                    # Bytes before ``hashed`` (a resume answered from 0) are in already.
+                    hasher.update(piece[max(0, self._hashed - chunk_start) :])
                 if position <= start:
                     continue
                 if chunk_start < start:

@@ -135,23 +135,31 @@ def plan_eviction(
     return plan
 
 
-async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> int:
-    """Remove planned content: index rows first, then files. Returns files removed."""
-    removed = 0
+async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> tuple[list[str], int]:
+    """Remove planned content: index rows first, then files. The plan was made from a
+    snapshot: content a manifest stored since then references stays (the index checks
+    that in the transaction that deletes the rows), and so does its file. Returns the
+    digests removed from the index and the number of files deleted."""
+    removed: list[str] = []
+    files = 0
     for start in range(0, len(plan.digests), 500):
         batch = plan.digests[start : start + 500]
-        await index.remove(batch)
-        for digest in batch:
+        for digest in await index.evict(batch):
+            removed.append(digest)
             if await store.delete(parse_digest(digest)):
-                removed += 1
-    return removed
+                files += 1
+    return removed, files
 
 
 class Evictor:
     """Keeps the cache within its limits, in the background.
 
     ``used`` is the bytes on disk of the committed blobs, measured from the filesystem
-    at start and kept up to date as content is added and removed.
+    in the background after start (serving does not wait for it; neither does anything
+    get evicted before it is known) and kept up to date as content is added and removed.
+    A file committed while the cache is being measured may be counted twice (seen by the
+    scan and added): ``used`` errs high, by at most what was written during the scan,
+    until the next measurement.
     """
 
     def __init__(
@@ -168,6 +176,8 @@ class Evictor:
         self.limits = limits
         self._in_use = in_use
         self.used = 0
+        self.measured = asyncio.Event()  # set once ``used`` counts the whole cache
+        self._added_total = 0  # bytes ever added, to count those added during a scan
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.evicted_bytes = 0
@@ -177,7 +187,7 @@ class Evictor:
         return f"<Evictor used={self.used} {self.limits}>"
 
     async def start(self) -> None:
-        self.used = await self.store.disk_usage()
+        """Start guarding the disk; the cache is measured in the background."""
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -187,6 +197,7 @@ class Evictor:
 
     def added(self, nbytes: int) -> None:
         self.used += nbytes
+        self._added_total += nbytes
         if self.limits.quota is not None and self.used > self.limits.quota:
             self._wake.set()
 
@@ -197,19 +208,38 @@ class Evictor:
         interval = CHECK_INTERVAL
         if self.limits.max_idle is not None:
             interval = max(0.5, min(interval, self.limits.max_idle / 2))
-        measured = time.monotonic()
+        measured: float | None = None
         while True:
+            # Operator commands (prune, verify --repair) change the cache too: measure
+            # again now and then.
+            if measured is None or time.monotonic() - measured > REMEASURE_INTERVAL:
+                try:
+                    await self._measure(first=measured is None)
+                    measured = time.monotonic()
+                except Exception as exc:  # tried again at the next check
+                    log.error("could not measure the cache: %s", exc)
+            if self.measured.is_set():  # never evict on a partial count
+                try:
+                    await self.run_once()
+                except Exception as exc:  # never stop guarding the disk
+                    log.error("eviction failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
-            try:
-                if time.monotonic() - measured > REMEASURE_INTERVAL:
-                    # Operator commands (prune, verify --repair) change the cache too.
-                    self.used = await self.store.disk_usage()
-                    measured = time.monotonic()
-                await self.run_once()
-            except Exception as exc:  # never stop guarding the disk
-                log.error("eviction failed: %s", exc)
+
+    async def _measure(self, *, first: bool) -> None:
+        started = time.monotonic()
+        added_before = self._added_total
+        on_disk = await self.store.disk_usage()
+        # Evictions run in this task, never during the scan; additions may.
+        self.used = on_disk + self._added_total - added_before
+        self.measured.set()
+        log.log(
+            logging.INFO if first else logging.DEBUG,
+            "cache measured: %d bytes on disk (%.1f s)",
+            self.used,
+            time.monotonic() - started,
+        )
 
     async def _need(self) -> int:
         need = 0
@@ -227,7 +257,9 @@ class Evictor:
         if need <= 0 and self.limits.max_idle is None:
             return EvictionPlan()
         snapshot = await self.index.snapshot()
-        plan = plan_eviction(
+        # Pure CPU over a snapshot that may hold millions of rows: off the event loop.
+        plan = await asyncio.to_thread(
+            plan_eviction,
             snapshot,
             need=need,
             now=time.time(),
@@ -239,18 +271,20 @@ class Evictor:
                 log.warning("over the storage limit by %d bytes, nothing evictable", need)
             return plan
         sizes = await self.store.disk_sizes([parse_digest(d) for d in plan.digests])
-        removed = await apply_plan(plan, self.index, self.store)
+        removed, files = await apply_plan(plan, self.index, self.store)
         if self._on_evict is not None:
-            self._on_evict(plan.digests)
-        freed = sum(sizes.values())
+            self._on_evict(removed)
+        freed = sum(sizes.get(digest, 0) for digest in removed)
         self.used = max(0, self.used - freed)
         self.evicted_bytes += freed
         self.evicted_images += len(plan.images)
+        kept = len(plan.digests) - len(removed)
         log.info(
-            "evicted %d images (%d files, %d bytes on disk); cache now %d bytes",
+            "evicted %d images (%d files, %d bytes on disk%s); cache now %d bytes",
             len(plan.images),
-            removed,
+            files,
             freed,
+            f"; {kept} kept, referenced since the plan" if kept else "",
             self.used,
         )
         return plan

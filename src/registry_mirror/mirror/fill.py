@@ -251,7 +251,9 @@ class BlobFill:
             upstream = await self._upstream.get_blob(self.repo, self.digest, sent)
         except UpstreamError as exc:
             raise FillFailed(str(exc)) from exc
-        direct = DirectBlob(self.digest, upstream, hasher=hasher)
+        # The continuation is verified together with the bytes already sent: the client
+        # that takes the whole blob never completes a response of unverified data.
+        direct = DirectBlob(self.digest, upstream, hasher=hasher, hashed=sent if whole else 0)
         async for chunk in direct.stream(sent, end):
             yield chunk
 

@@ -19,6 +19,7 @@ from registry_mirror.media_types import (
     Accept,
     ManifestParseError,
     Platform,
+    detect_manifest,
     parse_manifest,
 )
 from registry_mirror.mirror.direct import DirectBlob
@@ -138,7 +139,9 @@ class Mirror:
 
     async def _adopt_orphans(self) -> None:
         """Files committed just before a crash, without their index row: verified and
-        indexed (so they are counted and evictable), or removed if damaged."""
+        indexed (so they are counted and evictable), or removed if damaged. A manifest is
+        indexed as one again, with its media type and references; which repository it
+        came through is lost with the row, so it is linked to none."""
         try:
             snapshot = await self.index.snapshot()
             adopted = removed = 0
@@ -146,7 +149,7 @@ class Mirror:
                 if str(digest) in snapshot.items or digest in self._fills:
                     continue
                 ok, size = await self.store.verify(digest)
-                if ok and await self._record(self.index.put_blob(None, digest, size)):
+                if ok and await self._record(self._adopt(digest, size)):
                     adopted += 1
                 else:
                     await self.store.delete(digest)
@@ -159,6 +162,17 @@ class Mirror:
                 )
         except (StorageError, IndexError_) as exc:
             log.error("could not check the cache for unindexed files: %s", exc)
+
+    async def _adopt(self, digest: Digest, size: int) -> None:
+        parsed = None
+        if size <= MAX_MANIFEST_SIZE:
+            body = await self.store.read_all(digest, MAX_MANIFEST_SIZE)
+            parsed = None if body is None else detect_manifest(body)
+        if parsed is None:
+            await self.index.put_blob(None, digest, size)
+        else:
+            record = ManifestRecord(digest, parsed.media_type, size)
+            await self.index.put_manifest(None, record, parsed.references)
 
     def _in_use(self) -> list[str]:
         """Digests being written or served right now: eviction leaves them alone."""

@@ -117,3 +117,7 @@ class BlobStore(Protocol):
     def local_path(self, digest: Digest) -> Path | None:
         """A local file for zero-copy serving (sendfile), if this store has one."""
         ...
+
+    async def close(self) -> None:
+        """Release what the store holds (its I/O threads); nothing works after."""
+        ...

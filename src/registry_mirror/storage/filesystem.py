@@ -7,7 +7,10 @@ Layout (the only place it is spelled out)::
 
 A write goes to ``staging``, is hashed while it streams, fsynced, and renamed
 into ``blobs`` only when digest and size match. Every file operation runs in a
-worker thread; nothing here blocks the event loop.
+worker thread of the store's own, never the loop's default pool, so a slow disk
+cannot starve anything else that uses threads: writes and fsyncs on a few
+threads, reads (cache-hit stats and opens, followers' reads) on others, and the
+walks over the whole cache (measuring, listing, re-hashing) on one of their own.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import contextlib
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.storage.base import BlobInfo, DigestMismatch, StorageError
@@ -27,13 +32,58 @@ from registry_mirror.storage.base import BlobInfo, DigestMismatch, StorageError
 __all__ = ["FilesystemBlobStore"]
 
 READ_CHUNK: Final = 1024 * 1024
+WRITE_THREADS: Final = 4  # writes, fsyncs, commits, deletes
+READ_THREADS: Final = 8  # stat, open, reads of cache hits and of fills in progress
+
+T = TypeVar("T")
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, write_threads: int = WRITE_THREADS, read_threads: int = READ_THREADS
+    ) -> None:
         self.root = root
         self.blobs_dir = root / "blobs"
         self.staging_dir = root / "staging"
+        # Threads start on first use and end with close().
+        self._writer = ThreadPoolExecutor(write_threads, thread_name_prefix="store-write")
+        self._reader = ThreadPoolExecutor(read_threads, thread_name_prefix="store-read")
+        self._scanner = ThreadPoolExecutor(1, thread_name_prefix="store-scan")
+        self._closing = threading.Event()  # long walks stop early when the store closes
+
+    async def _write_io(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._in(self._writer, fn, *args)
+
+    async def _read_io(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._in(self._reader, fn, *args)
+
+    async def _scan_io(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._in(self._scanner, fn, *args)
+
+    @staticmethod
+    async def _in(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except RuntimeError as exc:  # shut down
+            raise StorageError("the blob store is closed") from exc
+        return await future
+
+    def _check_open(self) -> None:
+        """Called between the steps of a long walk: a closing store stops it."""
+        if self._closing.is_set():
+            raise StorageError("the blob store is closed")
+
+    async def close(self) -> None:
+        """Finish the file operations under way and stop the store's threads."""
+
+        self._closing.set()
+
+        def shutdown() -> None:
+            for executor in (self._reader, self._scanner):
+                executor.shutdown(wait=True, cancel_futures=True)
+            self._writer.shutdown(wait=True)  # staged writes end in a commit or an abort
+
+        await asyncio.to_thread(shutdown)
 
     def path_for(self, digest: Digest) -> Path:
         return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
@@ -50,7 +100,7 @@ class FilesystemBlobStore:
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
         try:
-            st = await asyncio.to_thread(os.stat, self.path_for(digest))
+            st = await self._read_io(os.stat, self.path_for(digest))
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -64,14 +114,17 @@ class FilesystemBlobStore:
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
         try:
-            fd = await asyncio.to_thread(os.open, self.path_for(digest), os.O_RDONLY)
+            fd = await self._read_io(os.open, self.path_for(digest), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError(f"cannot open {digest}: {exc.strerror}") from exc
         try:
             offset = start
             while end is None or offset < end:
                 size = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
-                chunk = await asyncio.to_thread(os.pread, fd, size, offset)
+                try:
+                    chunk = await self._read_io(os.pread, fd, size, offset)
+                except OSError as exc:
+                    raise StorageError(f"cannot read {digest}: {exc.strerror}") from exc
                 if not chunk:
                     break
                 offset += len(chunk)
@@ -91,7 +144,7 @@ class FilesystemBlobStore:
             return data
 
         try:
-            return await asyncio.to_thread(read)
+            return await self._read_io(read)
         except OSError as exc:
             raise StorageError(f"cannot read {digest}: {exc.strerror}") from exc
 
@@ -103,6 +156,7 @@ class FilesystemBlobStore:
             length = 0
             with open(self.path_for(digest), "rb") as f:
                 while chunk := f.read(READ_CHUNK):
+                    self._check_open()
                     hasher.update(chunk)
                     length += len(chunk)
                     if progress is not None:
@@ -110,7 +164,7 @@ class FilesystemBlobStore:
             return hasher.hexdigest() == digest.hex, length
 
         try:
-            return await asyncio.to_thread(check)
+            return await self._scan_io(check)
         except FileNotFoundError:
             return False, 0
         except OSError as exc:
@@ -119,7 +173,7 @@ class FilesystemBlobStore:
     async def begin_write(self) -> _FilesystemStagedBlob:
         path = self.staging_dir / f"{secrets.token_hex(16)}.part"
         try:
-            fd = await asyncio.to_thread(
+            fd = await self._write_io(
                 os.open, path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
             )
         except OSError as exc:
@@ -128,7 +182,7 @@ class FilesystemBlobStore:
 
     async def delete(self, digest: Digest) -> bool:
         try:
-            await asyncio.to_thread(os.unlink, self.path_for(digest))
+            await self._write_io(os.unlink, self.path_for(digest))
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -144,6 +198,7 @@ class FilesystemBlobStore:
                 if not algorithm.is_dir():
                     continue
                 for prefix in os.scandir(algorithm.path):
+                    self._check_open()
                     if not prefix.is_dir():
                         continue
                     for entry in os.scandir(prefix.path):
@@ -151,7 +206,7 @@ class FilesystemBlobStore:
                             found.append(parse_digest(f"{algorithm.name}:{entry.name}"))
             return found
 
-        for digest in await asyncio.to_thread(scan):
+        for digest in await self._scan_io(scan):
             yield digest
 
     async def disk_usage(self) -> int:
@@ -161,12 +216,13 @@ class FilesystemBlobStore:
                 return 0
             for algorithm in os.scandir(self.blobs_dir):
                 for prefix in os.scandir(algorithm.path) if algorithm.is_dir() else ():
+                    self._check_open()
                     for entry in os.scandir(prefix.path) if prefix.is_dir() else ():
                         with contextlib.suppress(FileNotFoundError):
                             total += entry.stat(follow_symlinks=False).st_blocks * 512
             return total
 
-        return await asyncio.to_thread(measure)
+        return await self._scan_io(measure)
 
     async def disk_sizes(self, digests: list[Digest]) -> dict[str, int]:
         def measure() -> dict[str, int]:
@@ -176,11 +232,11 @@ class FilesystemBlobStore:
                     sizes[str(digest)] = os.stat(self.path_for(digest)).st_blocks * 512
             return sizes
 
-        return await asyncio.to_thread(measure)
+        return await self._scan_io(measure)
 
     async def free_space(self) -> int | None:
         try:
-            st = await asyncio.to_thread(os.statvfs, self.root)
+            st = await self._read_io(os.statvfs, self.root)
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
@@ -196,7 +252,7 @@ class FilesystemBlobStore:
                     removed += 1
             return removed
 
-        return await asyncio.to_thread(clean)
+        return await self._scan_io(clean)
 
 
 class _FilesystemStagedBlob:
@@ -233,7 +289,7 @@ class _FilesystemStagedBlob:
 
         async with self._lock:
             try:
-                await asyncio.to_thread(write)
+                await self._store._write_io(write)
             except OSError as exc:
                 raise StorageError(f"cannot write staging file: {exc.strerror}") from exc
             self._written += len(data)
@@ -241,7 +297,7 @@ class _FilesystemStagedBlob:
     def reader(self) -> _StagingReader:
         if self._closed:
             raise StorageError("staging file already closed")
-        return _StagingReader(os.dup(self._fd))
+        return _StagingReader(self._store, os.dup(self._fd))
 
     async def commit(self, expected: Digest, size: int | None = None) -> BlobInfo:
         async with self._lock:
@@ -274,7 +330,7 @@ class _FilesystemStagedBlob:
                 return actual
 
             try:
-                actual = await asyncio.to_thread(finish)
+                actual = await self._store._write_io(finish)
             except OSError as exc:
                 await self._discard()
                 raise StorageError(f"cannot commit {expected}: {exc.strerror}") from exc
@@ -298,18 +354,19 @@ class _FilesystemStagedBlob:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
 
-        await asyncio.to_thread(discard)
+        await self._store._write_io(discard)
 
 
 class _StagingReader:
     """Its own descriptor on a staging file: valid after the rename or unlink."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, store: FilesystemBlobStore, fd: int) -> None:
+        self._store = store
         self._fd = fd
 
     async def read(self, offset: int, size: int) -> bytes:
         try:
-            return await asyncio.to_thread(os.pread, self._fd, size, offset)
+            return await self._store._read_io(os.pread, self._fd, size, offset)
         except OSError as exc:
             raise StorageError(f"cannot read staging file: {exc.strerror}") from exc
 
