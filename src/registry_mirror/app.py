@@ -51,6 +51,7 @@ def create_app(
         middlewares=[access_middleware, error_middleware], client_max_size=1024 * 1024
     )
     app[ACCESS_KEY] = AccessPolicy(settings)
+    app.on_cleanup.append(app[ACCESS_KEY].close)
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
