@@ -77,7 +77,7 @@ def test_hand_made_forwarded_headers(
         ([FAKE], 200),  # believed from the trusted proxy
         (["192.0.2.7"], 403),
         ([f"192.0.2.7, {FAKE}:4711"], 200),  # a hop with a port
-        ([f"192.0.2.7, [2001:db8::1]:443"], 403),
+        (["192.0.2.7, [2001:db8::1]:443"], 403),
         ([f"{FAKE}, 127.0.0.1"], 200),  # the proxy itself in the chain is skipped
         ([FAKE, "192.0.2.7"], 403),  # two lines: the last one holds the client
         ([FAKE, "192.0.2.7", ""], 403),  # an empty line names nobody

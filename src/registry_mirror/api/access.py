@@ -229,8 +229,10 @@ class Limiter:
             return float(self.failed_logins)
         return min(float(self.failed_logins), tokens + (now - bucket.login_stamp) * self.login_rate)
 
-    def login_allowed(self, client: str) -> None:
-        """429 if the client used up its failed logins: no password check for it."""
+    def login_attempt(self, client: str) -> None:
+        """Before a password check: takes one of the client's failed logins (given back
+        by :meth:`login_succeeded`), so that neither failures in a row nor checks at once
+        exceed ``failed_logins``; 429 when none is left: no password check for it."""
         if self.failed_logins <= 0 or self.login_rate <= 0:
             return
         now = time.monotonic()
@@ -239,13 +241,15 @@ class Limiter:
         if tokens < 1:
             wait = math.ceil((1 - tokens) / self.login_rate)
             raise _too_many("too many failed logins", max(wait, 1))
+        bucket.login_tokens = tokens - 1
+        bucket.login_stamp = now
 
-    def login_failed(self, client: str) -> None:
+    def login_succeeded(self, client: str) -> None:
         if self.failed_logins <= 0 or self.login_rate <= 0:
             return
         now = time.monotonic()
         bucket = self._bucket(client, now)
-        bucket.login_tokens = self._login_tokens(bucket, now) - 1
+        bucket.login_tokens = min(float(self.failed_logins), self._login_tokens(bucket, now) + 1)
         bucket.login_stamp = now
 
 
@@ -355,14 +359,15 @@ class AccessPolicy:
         if await self.htpasswd.remembered(user, password):
             return user
         client = request[CLIENT]
-        self.limiter.login_allowed(client)
+        self.limiter.login_attempt(client)
         try:
             ok = await self.htpasswd.check(user, password)
         except CheckBusy:
+            self.limiter.login_succeeded(client)  # not checked: not a failure
             raise _too_many("too many password checks at once", 1) from None
         if not ok:
-            self.limiter.login_failed(client)
             raise self.challenge("invalid username or password")
+        self.limiter.login_succeeded(client)
         return user
 
     def authorize(self, request: web.Request, key: str) -> None:
