@@ -20,7 +20,7 @@ def test_defaults_mirror_docker_hub_on_port_5000() -> None:
     settings, ignored = load_settings(environ={})
     assert settings.proxy.remoteurl == "https://registry-1.docker.io"
     assert settings.proxy.is_dockerhub
-    assert settings.listen() == ("0.0.0.0", 5000)
+    assert settings.listen() == ("", 5000)  # every interface, IPv4 and IPv6
     assert ignored == []
 
 

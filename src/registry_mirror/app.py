@@ -52,6 +52,7 @@ def create_app(
     )
     app[ACCESS_KEY] = AccessPolicy(settings)
     app[WRITE_TIMEOUT_KEY] = settings.http.write_timeout
+    app.on_cleanup.append(app[ACCESS_KEY].close)
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

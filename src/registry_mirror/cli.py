@@ -8,8 +8,10 @@ import contextlib
 import ctypes
 import ipaddress
 import logging
+import re
 import resource
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from registry_mirror import __version__
 from registry_mirror import commands as commands_module
+from registry_mirror.api.access import ACCESS_KEY
 from registry_mirror.api.access_log import AccessLogger
 from registry_mirror.api.server import RegistryRunner
 from registry_mirror.app import create_app
@@ -156,13 +159,46 @@ def serve(settings: Settings, ignored: list[str]) -> int:
 
 class _MalformedRequestFilter(logging.Filter):
     """A malformed request (bad request line, too many or too long headers) is the
-    client's mistake: one warning line, not a server error with a traceback."""
+    client's mistake: one warning line, not a server error with a traceback. The parser's
+    message quotes the offending bytes: credentials in them are redacted (the value of
+    Authorization, Proxy-Authorization, Cookie and token-like headers, any
+    ``Basic``/``Bearer`` credential), a fragment of an over-long line is left out, and
+    control characters are escaped, so the record is one line that leaks nothing."""
+
+    _SECRET_NAME = re.compile(
+        r"(?i)(?:proxy-)?authori[sz]ation|(?:set-)?cookie|.*(?:token|secret|passw(?:or)?d"
+        r"|api-?key|auth).*"
+    )
+    # A quoted header line: b'Name: value' (value up to the quote; repr escapes quotes).
+    _QUOTED = re.compile(
+        r"""(?P<q>b?['"])(?P<name>[^:'"\n]*?)(?P<sep>[ \t]*:[ \t]*)(?P<value>[^'"]*)"""
+    )
+    _SCHEME = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)(\s+)[^\s'\"]+")
+    _FRAGMENT = re.compile(r"(?is)(when reading):.*")
+    _CARET = re.compile(r"^\s*\^\s*$", re.M)
+
+    @classmethod
+    def _header(cls, match: re.Match[str]) -> str:
+        name, value = match["name"], match["value"]
+        # A value is kept only under a well-formed name that carries no secret.
+        if re.fullmatch(r"[A-Za-z0-9-]+", name) is None or cls._SECRET_NAME.fullmatch(name):
+            value = "<redacted>" if value else ""
+        return f"{match['q']}{name}{match['sep']}{value}"
+
+    @classmethod
+    def describe(cls, message: str) -> str:
+        text = cls._FRAGMENT.sub(r"\1 (content not logged)", message)
+        text = cls._QUOTED.sub(cls._header, text)
+        text = cls._SCHEME.sub(r"\1\2<redacted>", text)
+        text = cls._CARET.sub("", text)
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+        return "".join(c if c.isprintable() else f"\\x{ord(c) & 0xFF:02x}" for c in text)[:300]
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
             record.msg = "malformed request refused: %s"
-            record.args = (str(exc.message).strip()[:200],)
+            record.args = (self.describe(str(exc.message)),)
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -226,6 +262,45 @@ def _exposure_warning(settings: Settings, host: str) -> None:
         )
 
 
+def _dual_stack_socket(host: str, port: int) -> socket.socket:
+    """One listening socket for IPv4 and IPv6 (``:PORT``, ``[::]:PORT``, as registry:2
+    and Go do). ``:PORT`` on a machine without IPv6 falls back to IPv4 alone."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        if host == "::":
+            raise
+        log.info("IPv6 is not available: listening on IPv4 only")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        return sock
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _reload(tls: _TLS | None, app: web.Application) -> None:
+    """``SIGHUP`` (``systemctl reload``, logrotate): re-read what can be re-read."""
+    done = []
+    if tls is not None:
+        await tls.reload()
+        done.append("TLS certificate")
+    htpasswd = app[ACCESS_KEY].htpasswd
+    if htpasswd is not None:
+        await htpasswd.reload()
+        done.append(f"htpasswd file ({htpasswd.users} users)")
+    log.info(
+        "SIGHUP: reloaded %s; the log goes to stderr, no log file to reopen",
+        ", ".join(done) if done else "nothing (no TLS certificate, no htpasswd file)",
+    )
+
+
 async def _serve(settings: Settings) -> None:
     app = create_app(settings)
     host, port = settings.listen()
@@ -243,15 +318,16 @@ async def _serve(settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner,
-            host,
-            port,
-            backlog=1024,
-            reuse_address=True,
-            ssl_context=tls.server if tls is not None else None,
-        )
+        ssl_context = tls.server if tls is not None else None
+        site: web.BaseSite
         try:
+            if host in ("", "::"):
+                sock = _dual_stack_socket(host, port)
+                site = web.SockSite(runner, sock, backlog=1024, ssl_context=ssl_context)
+            else:
+                site = web.TCPSite(
+                    runner, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context
+                )
             await site.start()
         except OSError as exc:
             raise OSError(f"cannot listen on {settings.http.addr}: {exc.strerror}") from None
@@ -262,14 +338,13 @@ async def _serve(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task[None]] = set()
-        if tls is not None:
 
-            def reload() -> None:
-                task = asyncio.ensure_future(tls.reload())
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
+        def hangup() -> None:
+            task = asyncio.ensure_future(_reload(tls, app))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
-            loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         await stop.wait()
         log.info("shutting down")
     finally:

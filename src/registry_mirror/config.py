@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -397,6 +398,9 @@ class LimitSettings(_Section):
     upstream_fetches: int = 64  # concurrent upstream downloads, all clients together
     repositories_per_client: int = 0  # distinct repositories per client per window
     window: Duration = 600.0
+    ipv6_prefix: Annotated[int, Field(ge=1, le=128)] = 64  # IPv6 clients: one per network
+    failed_logins: int = 10  # failed logins per client per window below (then 429)
+    failed_logins_window: Duration = 60.0
 
 
 class LogSettings(_Section):
@@ -470,12 +474,12 @@ class Settings(_Section):
         return Path(cache) / "registry-mirror"
 
     def listen(self) -> tuple[str, int]:
-        """``http.addr`` as (host, port); ``:5000`` means every interface."""
+        """``http.addr`` as (host, port). ``:5000`` (host ``""``) and ``[::]:5000``
+        (``"::"``) mean every interface, IPv4 and IPv6; ``0.0.0.0:5000`` IPv4 only."""
         host, sep, port = self.http.addr.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"http.addr: invalid address {self.http.addr!r} (expected HOST:PORT)")
-        host = host.strip("[]")
-        return (host or "0.0.0.0", int(port))
+        return (host.strip("[]"), int(port))
 
 
 def leaf_paths(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[str]:

@@ -4,23 +4,38 @@ connections, TLS with reload, and secrets that never leave the mirror."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import re
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
 import pytest
 
+from registry_mirror.api.access import (
+    CLIENT_BYTES,
+    MAX_TRACKED_CLIENTS,
+    REPOSITORY_BYTES,
+    TABLE_BUDGET,
+    Limiter,
+)
+from registry_mirror.api.errors import RegistryError
 from registry_mirror.cli import _exposure_warning
 from registry_mirror.config import load_settings
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import MirrorError, MirrorProcess
 from tests.support.registry import RegistryProcess, make_htpasswd_line
 from tests.support.tls import make_cert
 
@@ -104,18 +119,15 @@ def test_htpasswd_file_is_read_again_when_it_changes(
     assert manifest(mirror, "acme/private", ("carol", PASSWORD)).status_code == 401
 
 
-def test_bad_htpasswd_file_is_a_clear_startup_error(
+def test_missing_htpasswd_file_is_a_clear_startup_error(
     upstream: RegistryProcess, tmp_path: Path
 ) -> None:
-    md5 = tmp_path / "md5"
-    md5.write_text("eve:$apr1$abc$def\n")
-    for path, expected in ((md5, "only bcrypt entries"), (tmp_path / "none", "cannot read")):
-        mirror = MirrorProcess(
-            tmp_path / "m", upstream.url, args=["--auth-htpasswd-path", str(path)]
-        )
-        with pytest.raises(Exception, match=expected):
-            mirror.start(timeout=10)
-        assert "Traceback" not in mirror.log()
+    mirror = MirrorProcess(
+        tmp_path / "m", upstream.url, args=["--auth-htpasswd-path", str(tmp_path / "none")]
+    )
+    with pytest.raises(MirrorError, match="cannot read htpasswd file"):
+        mirror.start(timeout=10)
+    assert "Traceback" not in mirror.log()
 
 
 def test_network_allow_list_and_trusted_proxies(
@@ -298,3 +310,220 @@ def test_startup_warning_when_exposed_without_protection(
     guarded, _ = load_settings(environ={"REGISTRY_MIRROR_ACCESS_ALLOW": "10.0.0.0/8"})
     _exposure_warning(guarded, "0.0.0.0")
     assert caplog.text == ""
+
+
+def test_limits_table_is_bounded_in_memory() -> None:
+    """At its bound, the per-client table holds ``max_clients`` clients (the least
+    recently seen are forgotten), each with at most ``repositories`` repositories, in
+    the memory the budget says: measured with tracemalloc."""
+    bound = 1000
+    for repositories in (0, 5, 30):
+        limiter = Limiter(10, 100, 4, repositories, 600.0, failed_logins=10, max_clients=bound)
+        refused = 0
+        tracemalloc.start()
+        try:
+            for i in range(bound + 200):
+                client = f"198.18.{i >> 8}.{i & 255}"
+                limiter.request(client)
+                for r in range(repositories + 1):  # the last one is refused
+                    try:
+                        limiter.repository(client, f"docker.io/library/image-{i}-{r}")
+                    except RegistryError as error:
+                        assert error.status == 429
+                        refused += 1
+                limiter.login_attempt(client)
+            per_client = tracemalloc.get_traced_memory()[0] / bound
+        finally:
+            tracemalloc.stop()
+        assert len(limiter) == bound
+        assert refused == (bound + 200 if repositories else 0)  # a set never grows past it
+        assert per_client <= CLIENT_BYTES + REPOSITORY_BYTES * repositories
+        # The default bound keeps the whole table within the budget.
+        default = Limiter(10, 100, 4, repositories, 600.0).max_clients
+        assert default <= MAX_TRACKED_CLIENTS
+        assert default * per_client <= TABLE_BUDGET
+    assert Limiter(10, 100, 4, 5, 600.0).max_clients == MAX_TRACKED_CLIENTS
+    assert Limiter(10, 100, 4, 100_000, 600.0).max_clients >= 1
+
+
+def test_ipv6_clients_are_keyed_by_their_prefix() -> None:
+    limiter = Limiter(0.01, 1, 0, 0, 600.0)  # one request, then 429 for 100 s
+    limiter.request("2001:db8:1:2::1")
+    with pytest.raises(RegistryError) as refused:
+        limiter.request("2001:db8:1:2:ffff:ffff:ffff:fffe")  # the same /64
+    assert refused.value.status == 429
+    limiter.request("2001:db8:1:3::1")  # another /64
+    limiter.request("192.0.2.1")
+    with pytest.raises(RegistryError):
+        limiter.request("::ffff:192.0.2.1")  # the same IPv4 client on a dual-stack socket
+    per_address = Limiter(0.01, 1, 0, 0, 600.0, ipv6_prefix=128)
+    per_address.request("2001:db8:1:2::1")
+    per_address.request("2001:db8:1:2::2")
+    assert Limiter(0.01, 1, 0, 0, 600.0, ipv6_prefix=48).key("2001:db8:1:2::1") == (
+        Limiter(0.01, 1, 0, 0, 600.0, ipv6_prefix=48).key("2001:db8:1:ffff::1")
+    )
+
+
+def test_ipv6_clients_behind_a_proxy_share_a_bucket_per_prefix(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory
+) -> None:
+    mirror = mirror_factory(
+        upstream.url,
+        args=[
+            *["--access-trusted-proxies", "127.0.0.1/32"],
+            *["--limits-requests-per-second", "0.01", "--limits-burst", "1"],
+        ],
+    )
+
+    def ping(client: str) -> int:
+        with httpx.Client(base_url=mirror.url, trust_env=False) as c:
+            return c.get("/v2/", headers={"X-Forwarded-For": client}).status_code
+
+    assert ping("2001:db8:1:2::1") == 200
+    assert ping("2001:db8:1:2::2") == 429  # another address of the same /64
+    assert ping("2001:db8:1:2:a:b:c:d") == 429
+    assert ping("2001:db8:1:3::1") == 200  # another /64 is another client
+
+
+def test_malformed_request_log_has_no_credentials_and_one_line(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory
+) -> None:
+    mirror = mirror_factory(upstream.url)
+    secret = base64.b64encode(b"carol:" + PASSWORD.encode())
+    requests = [
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + secret + b"\x01\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization : Basic " + secret + b"\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic " + secret + b"\x7f\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nCookie: session=" + secret + b"\x01\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuth\x01orization: Basic " + secret + b"\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret * 300 + b"\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Bad: a\x1b[31mred\x01\r\n\r\n",
+    ]
+    for raw in requests:
+        with socket.create_connection(("127.0.0.1", mirror.port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    deadline = time.monotonic() + 5
+    while mirror.log().count("malformed request refused") < len(requests):
+        assert time.monotonic() < deadline, mirror.log()
+        time.sleep(0.05)
+    log = mirror.log()
+    assert secret.decode() not in log
+    assert secret[:12].decode() not in log
+    assert PASSWORD not in log
+    assert "\x1b" not in log and "\x01" not in log
+    refused = [line for line in log.splitlines() if "malformed request refused" in line]
+    assert len(refused) == len(requests)
+    for line in refused:
+        assert re.match(r"^\d{4}-\d\d-\d\d [\d:,]+ WARNING aiohttp\.server: malformed", line)
+    # Every line of the log is a record of its own (no continuation lines).
+    assert all(re.match(r"^\d{4}-\d\d-\d\d ", line) for line in log.splitlines()), log
+    assert "X-Bad: a\\x1b[31mred\\x01" in log  # what is not a secret stays readable
+
+
+def test_sighup_without_tls_keeps_serving_and_reloads_the_htpasswd_file(
+    upstream: RegistryProcess, htpasswd: Path, mirror_factory: MirrorFactory
+) -> None:
+    plain = mirror_factory(upstream.url, name="plain")
+    plain.signal(signal.SIGHUP)
+    wait_for_log(plain, "SIGHUP: reloaded nothing")
+    assert plain.running
+    with httpx.Client(base_url=plain.url, trust_env=False) as client:
+        assert client.get("/v2/").status_code == 200
+    assert "no log file to reopen" in plain.log()
+
+    guarded = mirror_factory(
+        upstream.url, name="guarded", args=["--auth-htpasswd-path", str(htpasswd)]
+    )
+    with httpx.Client(base_url=guarded.url, trust_env=False) as client:
+        assert client.get("/v2/", auth=("carol", PASSWORD)).status_code == 200
+        htpasswd.write_text(make_htpasswd_line("dave", "daves-pw") + "\n")
+        guarded.signal(signal.SIGHUP)  # at once, not at the next look at the file
+        wait_for_log(guarded, "SIGHUP: reloaded htpasswd file (1 users)")
+        assert guarded.running
+        assert client.get("/v2/", auth=("carol", PASSWORD)).status_code == 401
+        assert client.get("/v2/", auth=("dave", "daves-pw")).status_code == 200
+
+
+def wait_for_log(mirror: MirrorProcess, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in mirror.log():
+        assert mirror.running, mirror.log()
+        assert time.monotonic() < deadline, mirror.log()
+        time.sleep(0.05)
+
+
+_DUAL_STACK_PROBE = """
+import http.client, json, subprocess, sys
+from pathlib import Path
+from tests.support.mirror import MirrorProcess
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+results = {}
+for addr in sys.argv[2:]:
+    mirror = MirrorProcess(Path(sys.argv[1]) / addr.replace(":", "_"), None, args=[])
+    mirror.args = ["--addr", addr.replace("PORT", str(mirror.port))]
+    mirror.start()
+    answers = {}
+    for host in ("127.0.0.1", "::1"):
+        conn = http.client.HTTPConnection(host, mirror.port, timeout=5)
+        try:
+            conn.request("GET", "/v2/")
+            answers[host] = conn.getresponse().status
+        except OSError as exc:
+            answers[host] = type(exc).__name__
+        finally:
+            conn.close()
+    mirror.stop()
+    results[addr] = {"answers": answers, "log": mirror.log()}
+print(json.dumps(results))
+"""
+
+
+def test_listen_on_every_interface_is_ipv4_and_ipv6(tmp_path: Path) -> None:
+    """``:PORT`` and ``[::]:PORT`` serve IPv4 and IPv6, ``0.0.0.0:PORT`` IPv4 only. A
+    wildcard listener is run in a private network namespace, where every interface is
+    loopback."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) to give the wildcard listener a private network")
+    check = subprocess.run(
+        [unshare, "-n", sys.executable, "-c", PROBE_IPV6_LOOPBACK],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if check.returncode != 0:
+        pytest.skip(
+            "cannot bind [::1] in a private network namespace (no unshare privilege or no"
+            f" IPv6): {check.stderr.strip()[-200:]}"
+        )
+    run = subprocess.run(
+        [unshare, "-n", sys.executable, "-c", _DUAL_STACK_PROBE, str(tmp_path), *ADDRESSES],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)
+    assert results[":PORT"]["answers"] == {"127.0.0.1": 200, "::1": 200}
+    assert results["[::]:PORT"]["answers"] == {"127.0.0.1": 200, "::1": 200}
+    assert results["0.0.0.0:PORT"]["answers"] == {
+        "127.0.0.1": 200,
+        "::1": "ConnectionRefusedError",
+    }
+    for result in results.values():
+        assert "Traceback" not in result["log"]
+
+
+ADDRESSES = (":PORT", "[::]:PORT", "0.0.0.0:PORT")
+PROBE_IPV6_LOOPBACK = """
+import socket, subprocess
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with socket.socket(socket.AF_INET6) as s:
+    s.bind(("::1", 0))
+"""

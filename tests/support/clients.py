@@ -60,7 +60,9 @@ def registries_conf(mirror_location: str, *, prefix: str = "docker.io") -> str:
     )
 
 
-_ACCESS_RE = re.compile(r'aiohttp\.access: \S+ "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" ')
+_ACCESS_RE = re.compile(
+    r'aiohttp\.access: \S+ \S+ "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" '
+)
 
 
 def mirror_access_lines(log: str) -> list[tuple[str, str]]:

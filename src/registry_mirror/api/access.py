@@ -9,72 +9,165 @@ import fnmatch
 import ipaddress
 import math
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
 
 from registry_mirror.api.errors import RegistryError, error_response
-from registry_mirror.auth import Htpasswd
+from registry_mirror.auth import CheckBusy, Htpasswd
 from registry_mirror.config import Settings
 
-__all__ = ["ACCESS_KEY", "AccessPolicy", "Limiter", "access_middleware"]
+__all__ = [
+    "ACCESS_KEY",
+    "CLIENT",
+    "MAX_FORWARDED_HOPS",
+    "MAX_TRACKED_CLIENTS",
+    "UNKNOWN_CLIENT",
+    "USER",
+    "AccessPolicy",
+    "Limiter",
+    "access_middleware",
+    "parse_address",
+]
 
 CLIENT: Final = "registry_mirror.client"
 USER: Final = "registry_mirror.user"
 MAX_TRACKED_CLIENTS: Final = 100_000
+# The per-client table stays within this: MAX_TRACKED_CLIENTS clients with a few
+# repositories each, fewer clients when each may have many (see Limiter).
+TABLE_BUDGET: Final = 48 * 2**20
+CLIENT_BYTES: Final = 400  # one client's entry, measured (tests/security/test_access.py)
+REPOSITORY_BYTES: Final = 20  # each repository remembered for a client
+# Trusted proxies walked from the right of X-Forwarded-For; a longer trusted chain is
+# not believed (the client is then UNKNOWN_CLIENT).
+MAX_FORWARDED_HOPS: Final = 16
+# The client of a request whose forwarded chain cannot be believed (an unparsable hop,
+# too many hops): in no network, so an allow list refuses it; one bucket for all of them.
+UNKNOWN_CLIENT: Final = "unknown"
+_MAX_HOP_LENGTH: Final = 64
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _networks(specs: list[str]) -> list[Network]:
     return [ipaddress.ip_network(spec, strict=False) for spec in specs]
 
 
-def _in(address: str, networks: list[Network]) -> bool:
+def parse_address(text: str) -> Address | None:
+    """An address as a peer or a proxy writes it: ``192.0.2.7``, ``2001:db8::1``, with a
+    port (``192.0.2.7:5123``, ``[2001:db8::1]:443``); IPv4-mapped IPv6 (a dual-stack
+    socket's view of an IPv4 peer) as IPv4. None if it is not an address."""
+    text = text.strip()
+    if len(text) > _MAX_HOP_LENGTH:
+        return None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
+    else:
+        host = text
     try:
-        ip = ipaddress.ip_address(address)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return any(ip in network for network in networks)
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-    downloads: int = 0
-    repositories: dict[str, float] = field(default_factory=dict)
+def _in(address: str, networks: list[Network]) -> bool:
+    ip = parse_address(address)
+    return ip is not None and any(ip in network for network in networks)
+
+
+class _Client:
+    """What the limits remember of one client (slots: a table of 100,000 of them)."""
+
+    __slots__ = ("downloads", "login_stamp", "login_tokens", "repositories", "stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.downloads = 0
+        # Pairs (hash of registry/repository, milliseconds when last asked), flat; at most
+        # ``repositories`` pairs: 16 bytes each where a dict of strings took ~130.
+        self.repositories: array[int] | None = None
+        self.login_tokens: float | None = None
+        self.login_stamp = 0.0
 
 
 class Limiter:
-    """Per-client token bucket, concurrent downloads and distinct repositories per window.
+    """Per-client token bucket, concurrent downloads, distinct repositories per window,
+    and failed logins.
 
-    Clients are keyed by address; the table is bounded (least recently seen go first).
+    Clients are keyed by address, IPv6 by its ``ipv6_prefix`` (one /64 is one client:
+    a host picks addresses from its /64 at will). The table is bounded in memory: at most
+    ``max_clients`` clients (least recently seen go first), by default as many as fit in
+    ``TABLE_BUDGET`` with ``repositories`` repositories each (kept as hashes), and never
+    more than ``MAX_TRACKED_CLIENTS``: 100,000 clients with five repositories each take
+    about 45 MiB, measured in tests/security/test_access.py.
     """
 
     def __init__(
-        self, rate: float, burst: int, downloads: int, repositories: int, window: float
+        self,
+        rate: float,
+        burst: int,
+        downloads: int,
+        repositories: int,
+        window: float,
+        *,
+        ipv6_prefix: int = 64,
+        failed_logins: int = 0,
+        failed_logins_window: float = 60.0,
+        max_clients: int | None = None,
     ) -> None:
         self.rate = rate
         self.burst = max(burst, 1)
         self.downloads = downloads
         self.repositories = repositories
         self.window = window
-        self._clients: OrderedDict[str, _Bucket] = OrderedDict()
+        self.ipv6_prefix = ipv6_prefix
+        self.failed_logins = failed_logins
+        self.login_rate = failed_logins / failed_logins_window if failed_logins_window else 0.0
+        if max_clients is None:
+            per_client = CLIENT_BYTES + REPOSITORY_BYTES * max(repositories, 0)
+            max_clients = min(MAX_TRACKED_CLIENTS, TABLE_BUDGET // per_client)
+        self.max_clients = max(max_clients, 1)
+        self._clients: OrderedDict[int, _Client] = OrderedDict()
 
-    def _bucket(self, client: str, now: float) -> _Bucket:
-        bucket = self._clients.get(client)
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def key(self, client: str) -> int:
+        """The table key: the IPv4 address as a number; for IPv6 its network of
+        ``ipv6_prefix`` bits (above 2**128, apart from IPv4); -1 for no address."""
+        address = parse_address(client)
+        if address is None:
+            return -1
+        if isinstance(address, ipaddress.IPv4Address):
+            return int(address)
+        host_bits = 128 - self.ipv6_prefix
+        return (1 << 128) | (int(address) >> host_bits << host_bits)
+
+    def _bucket(self, client: str, now: float) -> _Client:
+        key = self.key(client)
+        bucket = self._clients.get(key)
         if bucket is None:
-            bucket = _Bucket(float(self.burst), now)
-            self._clients[client] = bucket
-            while len(self._clients) > MAX_TRACKED_CLIENTS:
+            bucket = _Client(float(self.burst), now)
+            self._clients[key] = bucket
+            while len(self._clients) > self.max_clients:
                 self._clients.popitem(last=False)
         else:
-            self._clients.move_to_end(client)
+            self._clients.move_to_end(key)
         return bucket
 
     def request(self, client: str) -> None:
@@ -93,19 +186,28 @@ class Limiter:
         if self.repositories <= 0:
             return
         now = time.monotonic()
-        seen = self._bucket(client, now).repositories
-        if key in seen:
-            seen[key] = now
+        stamp = int(now * 1000)
+        bucket = self._bucket(client, now)
+        seen = bucket.repositories
+        if seen is None:
+            seen = bucket.repositories = array("q")
+        name = hash(key)  # the per-process keyed string hash: collisions cannot be made
+        names = seen[0::2]
+        if name in names:
+            seen[2 * names.index(name) + 1] = stamp
             return
-        for old in [k for k, t in seen.items() if now - t > self.window]:
-            del seen[old]
-        if len(seen) >= self.repositories:
-            oldest = min(seen.values())
-            raise _too_many(
-                f"more than {self.repositories} repositories in {self.window:g}s",
-                max(1, math.ceil(self.window - (now - oldest))),
-            )
-        seen[key] = now
+        if len(names) >= self.repositories:  # full: forget what the window let go
+            window = int(self.window * 1000)
+            pairs = zip(names, seen[1::2], strict=True)
+            kept = [(n, t) for n, t in pairs if stamp - t <= window]
+            if len(kept) >= self.repositories:
+                oldest = min(t for _, t in kept)
+                raise _too_many(
+                    f"more than {self.repositories} repositories in {self.window:g}s",
+                    max(1, math.ceil((window - (stamp - oldest)) / 1000)),
+                )
+            seen = bucket.repositories = array("q", [v for pair in kept for v in pair])
+        seen.extend((name, stamp))
 
     @contextmanager
     def download(self, client: str) -> Iterator[None]:
@@ -120,6 +222,35 @@ class Limiter:
             yield
         finally:
             bucket.downloads -= 1
+
+    def _login_tokens(self, bucket: _Client, now: float) -> float:
+        tokens = bucket.login_tokens
+        if tokens is None:
+            return float(self.failed_logins)
+        return min(float(self.failed_logins), tokens + (now - bucket.login_stamp) * self.login_rate)
+
+    def login_attempt(self, client: str) -> None:
+        """Before a password check: takes one of the client's failed logins (given back
+        by :meth:`login_succeeded`), so that neither failures in a row nor checks at once
+        exceed ``failed_logins``; 429 when none is left: no password check for it."""
+        if self.failed_logins <= 0 or self.login_rate <= 0:
+            return
+        now = time.monotonic()
+        bucket = self._bucket(client, now)
+        tokens = self._login_tokens(bucket, now)
+        if tokens < 1:
+            wait = math.ceil((1 - tokens) / self.login_rate)
+            raise _too_many("too many failed logins", max(wait, 1))
+        bucket.login_tokens = tokens - 1
+        bucket.login_stamp = now
+
+    def login_succeeded(self, client: str) -> None:
+        if self.failed_logins <= 0 or self.login_rate <= 0:
+            return
+        now = time.monotonic()
+        bucket = self._bucket(client, now)
+        bucket.login_tokens = min(float(self.failed_logins), self._login_tokens(bucket, now) + 1)
+        bucket.login_stamp = now
 
 
 def _too_many(what: str, retry_after: int) -> RegistryError:
@@ -146,22 +277,49 @@ class AccessPolicy:
             limits.downloads_per_client,
             limits.repositories_per_client,
             limits.window,
+            ipv6_prefix=limits.ipv6_prefix,
+            failed_logins=limits.failed_logins,
+            failed_logins_window=limits.failed_logins_window,
         )
 
+    async def close(self, _: web.Application | None = None) -> None:
+        if self.htpasswd is not None:
+            self.htpasswd.close()
+
+    def _trusted(self, address: Address) -> bool:
+        return any(address in network for network in self.trusted)
+
     def client(self, request: web.Request) -> str:
-        """The client's address; ``X-Forwarded-For`` is believed only from a trusted proxy
-        (the rightmost address not itself a trusted proxy)."""
-        peer = request.remote or ""
-        if not self.trusted or not _in(peer, self.trusted):
-            return peer
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        for hop in reversed([h.strip() for h in forwarded.split(",")[:32] if h.strip()]):
-            if not _in(hop, self.trusted):
-                try:
-                    return str(ipaddress.ip_address(hop))
-                except ValueError:
-                    return peer
-        return peer
+        """The client's address. From a trusted proxy, every ``X-Forwarded-For`` line
+        (joined, as one list) is walked from the right: the first hop that is not a
+        trusted proxy is the client. A hop that is not an address, or more than
+        ``MAX_FORWARDED_HOPS`` trusted hops, and the client is :data:`UNKNOWN_CLIENT`
+        (never the proxy); a chain of trusted proxies only ends at its leftmost hop."""
+        remote = request.remote or ""
+        peer = parse_address(remote)
+        if peer is None:
+            return remote or UNKNOWN_CLIENT
+        if not self.trusted or not self._trusted(peer):
+            return str(peer)
+        lines = request.headers.getall("X-Forwarded-For", [])
+        if not lines:
+            return str(peer)
+        # The rightmost hops only: a chain is bounded by the header limits, the walk by this.
+        hops = ",".join(lines).rsplit(",", MAX_FORWARDED_HOPS)
+        walked = hops[-MAX_FORWARDED_HOPS:]
+        client = str(peer)
+        for hop in reversed(walked):
+            if not hop.strip():
+                continue  # an empty element names nobody (a proxy joining an empty line)
+            address = parse_address(hop)
+            if address is None:
+                return UNKNOWN_CLIENT
+            if not self._trusted(address):
+                return str(address)
+            client = str(address)
+        if len(hops) > MAX_FORWARDED_HOPS and hops[0].strip():
+            return UNKNOWN_CLIENT  # more trusted hops than any real chain has
+        return client
 
     def challenge(self, message: str = "authentication required") -> RegistryError:
         return RegistryError(
@@ -172,7 +330,9 @@ class AccessPolicy:
         )
 
     async def user(self, request: web.Request) -> str | None:
-        """The authenticated user, None if anonymous; 401 for wrong credentials."""
+        """The authenticated user, None if anonymous; 401 for wrong credentials, 429
+        once the client has failed too many logins (no check is made then) or when the
+        password checks are all busy. No credential, however odd, is a server error."""
         header = request.headers.get("Authorization")
         if self.htpasswd is None or not header:
             return None
@@ -180,15 +340,34 @@ class AccessPolicy:
         if scheme.lower() != "basic" or len(value) > 4096:
             raise self.challenge("unsupported credentials: use Basic authentication")
         try:
-            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = base64.b64decode(value.strip(), validate=True)
+        except binascii.Error:
             raise self.challenge("malformed credentials") from None
-        if sep and not user and not password:
+        name, sep, password = raw.partition(b":")
+        if not sep:
+            raise self.challenge("malformed credentials")
+        if not name and not password:
             # containers/image (podman, skopeo) without a login answers the challenge with
             # an empty user and password: that is an anonymous client.
             return None
-        if not sep or not await self.htpasswd.check(user, password):
+        try:
+            user = name.decode()
+        except UnicodeDecodeError:
+            raise self.challenge("malformed credentials") from None
+        if not user.isprintable():
+            raise self.challenge("malformed credentials")
+        if await self.htpasswd.remembered(user, password):
+            return user
+        client = request[CLIENT]
+        self.limiter.login_attempt(client)
+        try:
+            ok = await self.htpasswd.check(user, password)
+        except CheckBusy:
+            self.limiter.login_succeeded(client)  # not checked: not a failure
+            raise _too_many("too many password checks at once", 1) from None
+        if not ok:
             raise self.challenge("invalid username or password")
+        self.limiter.login_succeeded(client)
         return user
 
     def authorize(self, request: web.Request, key: str) -> None:

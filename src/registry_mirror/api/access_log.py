@@ -1,4 +1,5 @@
-"""The access log: one line per request, with the body bytes really sent.
+"""The access log: one line per request, with the client (as the access policy sees it,
+behind trusted proxies), the user, and the body bytes really sent.
 
 aiohttp's own ``%b`` counts only bytes written through the response object, not
 those sent with ``sendfile`` (every cache hit), so the count is kept here.
@@ -12,12 +13,32 @@ from typing import Final
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["BODY_BYTES", "AccessLogger"]
+from registry_mirror.api.access import CLIENT, USER
+
+__all__ = ["BODY_BYTES", "AccessLogger", "printable"]
 
 BODY_BYTES: Final = "registry_mirror.body_bytes"
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, with quotes, backslashes and control
+    characters escaped: a field of a one-line record that says what it was."""
+    out = []
+    for char in text[:limit]:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+    return "".join(out)
+
+
 class AccessLogger(AbstractAccessLogger):
+    """``client user "METHOD target HTTP/x.y" status bytes seconds "user agent"``; the
+    client is the address from the trusted ``X-Forwarded-For`` chain (the peer for a
+    request refused before the access policy ran), the user ``-`` when anonymous."""
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
@@ -29,9 +50,12 @@ class AccessLogger(AbstractAccessLogger):
                 sent = response.content_length
             else:  # aiohttp counts the headers in too; the best figure there is
                 sent = response.body_length
+        client = request.get(CLIENT) or request.remote or "-"
+        user = request.get(USER) or "-"
         self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"',
-            request.remote,
+            '%s %s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"',
+            client,
+            printable(user, 100).replace(" ", "\\x20"),
             request.method,
             request.rel_url,
             request.version.major,
@@ -39,5 +63,5 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             sent,
             time,
-            request.headers.get("User-Agent", "-")[:200],
+            printable(request.headers.get("User-Agent", "-")),
         )
