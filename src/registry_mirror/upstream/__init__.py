@@ -1,6 +1,12 @@
 """Clients of upstream registries and their typed errors."""
 
-from registry_mirror.upstream.client import BlobStream, ManifestInfo, Upstream
+from registry_mirror.upstream.client import (
+    MAX_TAG_PAGES,
+    BlobStream,
+    ManifestInfo,
+    TagList,
+    Upstream,
+)
 from registry_mirror.upstream.errors import (
     UpstreamAuthFailed,
     UpstreamDigestMismatch,
@@ -12,8 +18,10 @@ from registry_mirror.upstream.errors import (
 )
 
 __all__ = [
+    "MAX_TAG_PAGES",
     "BlobStream",
     "ManifestInfo",
+    "TagList",
     "Upstream",
     "UpstreamAuthFailed",
     "UpstreamDigestMismatch",
