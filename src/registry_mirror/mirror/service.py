@@ -568,9 +568,7 @@ class Mirror:
                 return await fill.ready()
             except Uncacheable as exc:
                 self._storage_failing(exc)  # the download goes on uncached: ask upstream
-        size = await route.upstream.head_blob(route.repo, digest)
-        await self._ensure_linked(route, digest)
-        return size
+        return await route.upstream.head_blob(route.repo, digest)
 
     # --- listings -------------------------------------------------------------
 
