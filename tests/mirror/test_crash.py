@@ -17,7 +17,7 @@ import httpx
 from registry_mirror.media_types import OCI_INDEX, OCI_MANIFEST, detect_manifest
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
-from tests.support.images import MANIFEST_ACCEPT, push_image, push_index
+from tests.support.images import MANIFEST_ACCEPT, make_client, push_blob, push_image, push_index
 from tests.support.mirror import MirrorProcess, mirror_binary
 from tests.support.registry import RegistryProcess
 
@@ -120,9 +120,17 @@ def test_files_committed_without_their_index_row_are_adopted_or_removed(
         check=False,
     )
     assert json.loads(report.stdout)["problems"] == [], report.stdout
+    # An adopted file belongs to no repository yet: served where upstream confirms it
+    # (a HEAD), from the cache; unknown elsewhere.
+    with make_client() as pusher:
+        push_blob(pusher, upstream.url, "library/x", good)
+    upstream.clear_log()
     with httpx.Client(base_url=mirror.url, trust_env=False) as client:
         assert client.get(f"/v2/library/x/blobs/sha256:{good_hex}").content == good
-        assert client.get("/v2/_catalog").json() == {"repositories": []}
+        assert client.get(f"/v2/library/y/blobs/sha256:{good_hex}").status_code == 404
+        assert upstream.count("GET", r"/blobs/") == 0
+        # Linked to the repository that confirmed it, which the catalog now lists.
+        assert client.get("/v2/_catalog").json() == {"repositories": ["library/x"]}
 
 
 def test_manifests_committed_without_their_index_row_are_adopted_as_manifests(

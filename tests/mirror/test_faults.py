@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -415,6 +416,63 @@ def test_head_of_uncached_blob_asks_upstream_and_downloads_nothing(
     missing = "sha256:" + hashlib.sha256(b"not there").hexdigest()
     assert client.head(blob_path(missing)).status_code == 404
     assert proxy.count("GET", BLOB) == 0
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs, for a mirror whose store fails with ENOSPC once it is filled."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_up(directory: Path) -> None:
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_head_of_a_blob_whose_fill_cannot_be_cached_asks_upstream(
+    upstream: RegistryProcess, proxy: FaultyProxy, full_disk: Path
+) -> None:
+    """A HEAD arriving while a fill waits for upstream, and the store then refuses the
+    bytes (disk full): the HEAD gets upstream's answer, never a 500."""
+    digest, data = one_layer(upstream, MiB)
+    mirror = MirrorProcess(full_disk / "cache", proxy.url)
+    mirror.log_path = full_disk.parent / "cache.log"
+    with mirror, httpx.Client(base_url=mirror.url, trust_env=False, timeout=60) as client:
+        fill_up(full_disk)
+        proxy.delay("GET", BLOB, 1.5)
+        got: list[Fetched] = []
+        getter = threading.Thread(target=lambda: got.append(fetch(client, blob_path(digest))))
+        getter.start()
+        assert wait_for(lambda: proxy.count("GET", BLOB) == 1)
+        head = client.head(blob_path(digest))
+        getter.join(30)
+        assert head.status_code == 200, mirror.log()
+        assert int(head.headers["Content-Length"]) == len(data)
+        assert head.headers["Docker-Content-Digest"] == digest
+        assert got[0].status == 200
+        assert got[0].body == data  # served uncached, straight from upstream
+        assert proxy.count("HEAD", BLOB) == 1
+        log = mirror.log()
+    assert "Traceback" not in log
+    assert "internal error" not in log
 
 
 def test_blob_redirect_to_a_cdn_is_followed_without_credentials(

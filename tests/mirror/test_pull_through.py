@@ -189,3 +189,30 @@ def test_concurrent_identical_requests_share_one_upstream_request(
         assert upstream.count("GET", BLOB_GET) == 1
     else:
         assert upstream.count("GET", r"/manifests/") == 1
+
+
+@pytest.mark.parametrize(
+    "accept", ["*/*", "application/vnd.docker.distribution.manifest.v2+json", None]
+)
+def test_a_digest_is_never_negotiated_into_another_manifest(
+    upstream: RegistryProcess, client: httpx.Client, accept: str | None
+) -> None:
+    """Only a tag is resolved for the client's platform; ``manifests/<digest of an index>``
+    answers that index, whatever the ``Accept``, cold and warm, GET and HEAD."""
+    index = push_index(upstream.url, "library/pinned", "1", layers=[1_000], seed=31)
+    headers = {} if accept is None else {"Accept": accept}
+    for _ in ("cold", "warm"):
+        got = client.get(f"/v2/library/pinned/manifests/{index.digest}", headers=headers)
+        assert got.status_code == 200
+        assert got.content == index.manifest
+        assert got.headers["Docker-Content-Digest"] == index.digest
+        assert got.headers["Content-Type"] == index.media_type
+        head = client.head(f"/v2/library/pinned/manifests/{index.digest}", headers=headers)
+        assert head.headers["Docker-Content-Digest"] == index.digest
+        assert int(head.headers["Content-Length"]) == len(index.manifest)
+    # The tag still resolves to the default platform for a client that takes no index.
+    by_tag = client.get(
+        "/v2/library/pinned/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert by_tag.headers["Docker-Content-Digest"] == index.children["linux/amd64"].digest

@@ -416,16 +416,30 @@ def _paginate(
     return page, link
 
 
+STALE_WARNING: Final = '110 - "served from cache: upstream unavailable"'
+TRUNCATED_WARNING: Final = '199 - "tag list truncated: upstream has more pages than are read"'
+
+
 async def tags(request: web.Request, name: str) -> web.StreamResponse:
     mirror = _mirror(request)
     route = _repo(request, name)
-    _page_args(request, None)  # a bad page size is refused before upstream is asked
-    page, link = _paginate(await mirror.tags(route), request, None)
+    # A bad page size is refused before upstream is asked; a following page (``last``)
+    # may come from the list read for the first one a moment ago.
+    _, last = _page_args(request, None)
+    listing = await mirror.tags(route, fresh=last is None)
+    page, link = _paginate(listing.tags, request, None)
     response = web.Response(
         text=json.dumps({"name": name, "tags": page}), content_type="application/json"
     )
     if link:
+        namespace = request.query.get("ns")
+        if namespace:  # containerd's ?ns= names the registry: the next page needs it too
+            link = link.replace(">;", f"&ns={quote(namespace, safe='')}>;", 1)
         response.headers["Link"] = link
+    if listing.stale:
+        response.headers.add("Warning", STALE_WARNING)
+    if listing.truncated:
+        response.headers.add("Warning", TRUNCATED_WARNING)
     return response
 
 

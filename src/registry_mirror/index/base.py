@@ -71,6 +71,16 @@ class Index(Protocol):
 
     async def get_manifest(self, digest: Digest) -> ManifestRecord | None: ...
 
+    async def linked(self, repo: str, digest: Digest) -> bool:
+        """Whether ``digest`` was seen through ``repo`` (fetched or confirmed there, or
+        referenced by a manifest linked to it): only then is it served under ``repo``."""
+        ...
+
+    async def link(self, repo: str, digest: Digest) -> list[str]:
+        """Link ``digest`` and everything its manifests reference (as far as the index
+        knows the references) to ``repo``; returns the digests linked."""
+        ...
+
     async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None: ...
 
     async def repositories(self) -> list[str]: ...

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 1
 MAX_REMEMBERED_TAGS: Final = 50_000
+MAX_LINKED: Final = 100_000  # digests one link() may reach (an index of images of layers)
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS repositories (
     id INTEGER PRIMARY KEY,
@@ -223,6 +224,37 @@ class SQLiteIndex:
             return None if row is None else ManifestRecord(digest, str(row[0]), int(row[1]))
 
         return await self._run(get)
+
+    async def linked(self, repo: str, digest: Digest) -> bool:
+        def get(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM repo_content c JOIN repositories r ON r.id = c.repo_id"
+                " WHERE r.name = ? AND c.digest = ?",
+                (repo, str(digest)),
+            ).fetchone()
+            return row is not None
+
+        return await self._run(get)
+
+    async def link(self, repo: str, digest: Digest) -> list[str]:
+        def put(db: sqlite3.Connection) -> list[str]:
+            reached = [
+                str(row[0])
+                for row in db.execute(
+                    "WITH RECURSIVE reach(d) AS (SELECT ? UNION"
+                    " SELECT m.child FROM manifest_refs m JOIN reach ON m.manifest = reach.d)"
+                    " SELECT d FROM reach LIMIT ?",
+                    (str(digest), MAX_LINKED),
+                )
+            ]
+            repo_id = self._repo_id(db, repo)
+            db.executemany(
+                "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
+                [(repo_id, d) for d in reached],
+            )
+            return reached
+
+        return await self._run(put)
 
     async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None:
         await self._run(lambda db: self._add_content(db, repo, digest, size))

@@ -14,6 +14,7 @@ from registry_mirror.mirror.service import (
     Manifest,
     ManifestUnacceptable,
     Mirror,
+    TagListing,
 )
 from registry_mirror.mirror.singleflight import SingleFlight
 
@@ -29,6 +30,7 @@ __all__ = [
     "Route",
     "Router",
     "SingleFlight",
+    "TagListing",
     "TooManyFetches",
     "UpstreamEntry",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -26,12 +27,15 @@ from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.errors import TooManyFetches, Uncacheable
 from registry_mirror.mirror.eviction import Evictor, StorageLimits
 from registry_mirror.mirror.fill import BlobFill
+from registry_mirror.mirror.links import RepoLinks
 from registry_mirror.mirror.routing import Route, Router
 from registry_mirror.mirror.singleflight import SingleFlight
 from registry_mirror.reference import Digest, RepoName, Tag, parse_digest
 from registry_mirror.storage import BlobInfo, BlobStore, StorageError
 from registry_mirror.upstream import (
+    MAX_TAG_PAGES,
     ManifestInfo,
+    TagList,
     UpstreamDigestMismatch,
     UpstreamError,
     UpstreamNotFound,
@@ -40,7 +44,7 @@ from registry_mirror.upstream import (
     UpstreamUnavailable,
 )
 
-__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror"]
+__all__ = ["BlobSource", "Manifest", "ManifestUnacceptable", "Mirror", "TagListing"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,10 @@ MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
 MANIFEST_MEMORY: Final = 8 * 1024 * 1024  # bytes of manifest bodies kept in memory
 DEFAULT_PLATFORM: Final = Platform("linux", "amd64")
 FETCH_QUEUE_WAIT: Final = 30.0  # a download beyond limits.upstream_fetches waits this long
+PENDING_TAG_TTL: Final = 300.0  # a HEAD's tag → digest answer, waiting for that manifest
+MAX_PENDING_TAGS: Final = 4096
+TAG_LIST_TTL: Final = 30.0  # a tag list read from upstream serves the following pages
+MAX_TAG_LISTS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,13 @@ class BlobSource:
     size: int | None
     path: Path | None = None
     live: BlobFill | DirectBlob | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagListing:
+    tags: list[str]
+    stale: bool = False  # upstream could not be asked: the tags the cache knows
+    truncated: bool = False  # upstream has more pages than the mirror reads
 
 
 class ManifestUnacceptable(Exception):
@@ -122,15 +137,25 @@ class Mirror:
         self.default_platform = default_platform
         self._memory = _ManifestMemory(MANIFEST_MEMORY)
         self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
-        self._manifest_fetches: SingleFlight[Digest, Manifest] = SingleFlight("manifest fetches")
-        self._fills: dict[Digest, BlobFill] = {}
+        # Keyed by what is really fetched (repository and digest): a repository where the
+        # digest is missing or slow never fails requests through another one.
+        self._manifest_fetches: SingleFlight[tuple[str, Digest], Manifest] = SingleFlight(
+            "manifest fetches"
+        )
+        self._confirms: SingleFlight[tuple[str, str, Digest], None] = SingleFlight("confirms")
+        self._fills: dict[tuple[str, Digest], BlobFill] = {}
+        self._links = RepoLinks(index)
+        # (repository key, tag) → (digest, deadline): a HEAD named the digest, not cached yet
+        self._pending_tags: OrderedDict[tuple[str, str], tuple[Digest, float]] = OrderedDict()
+        self._tag_lists: OrderedDict[str, tuple[float, TagListing]] = OrderedDict()
+        self._tag_listings: SingleFlight[str, TagListing] = SingleFlight("tag lists")
         self._fetch_freed = asyncio.Event()  # set (and replaced) when a download ends
         self._stale_log = ThrottledLog(log)  # once a minute per repository
         self._serving: Counter[str] = Counter()
         self._reconciler: asyncio.Task[None] | None = None
         self._storage_log = ThrottledLog(log)
         self.evictor = Evictor(
-            index, store, limits or StorageLimits(), self._in_use, on_evict=self._memory.discard
+            index, store, limits or StorageLimits(), self._in_use, on_evict=self._evicted
         )
 
     async def start(self) -> None:
@@ -146,7 +171,7 @@ class Mirror:
             snapshot = await self.index.snapshot()
             adopted = removed = 0
             async for digest in self.store.iter_digests():
-                if str(digest) in snapshot.items or digest in self._fills:
+                if str(digest) in snapshot.items or self._filling(digest):
                     continue
                 ok, size = await self.store.verify(digest)
                 if ok and await self._record(self._adopt(digest, size)):
@@ -176,7 +201,14 @@ class Mirror:
 
     def _in_use(self) -> list[str]:
         """Digests being written or served right now: eviction leaves them alone."""
-        return [str(d) for d in self._fills] + list(self._serving)
+        return [str(fill.digest) for fill in self._fills.values()] + list(self._serving)
+
+    def _filling(self, digest: Digest) -> bool:
+        return any(fill.digest == digest for fill in self._fills.values())
+
+    def _evicted(self, digests: list[str]) -> None:
+        self._memory.discard(digests)
+        self._links.forget(digests)
 
     @contextlib.contextmanager
     def hold(self, digest: Digest) -> Iterator[None]:
@@ -202,20 +234,23 @@ class Mirror:
     async def manifest(
         self, route: Route, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
     ) -> Manifest:
-        """The manifest to answer with, negotiated for ``accept``.
+        """The manifest to answer with.
 
         By tag: always asks upstream (HEAD) which digest the tag points at now;
-        on an upstream outage or rate limit, falls back to the last known mapping.
-        By digest: from the cache, upstream only on a miss.
+        on an upstream outage or rate limit, falls back to the last known mapping;
+        an index is negotiated for ``accept``. By digest: exactly those bytes, never
+        another manifest; from the cache when the digest is linked to the repository,
+        else confirmed with (or fetched from) upstream under that repository.
         """
         if accept.only_schema1:
             raise ManifestUnacceptable(
                 "only schema1 manifests accepted: this mirror serves schema2 and OCI manifests"
             )
         if isinstance(reference, Digest):
-            manifest = await self._by_digest(route, reference)
-        else:
-            manifest = await self._by_tag(route, reference.value, accept, need_body)
+            found = await self._by_digest(route, reference)
+            self.index.touch(found.digest)
+            return found
+        manifest = await self._by_tag(route, reference.value, accept, need_body)
         served = await self._negotiate(route, manifest, accept)
         self.index.touch(served.digest)
         if served.digest != manifest.digest:
@@ -248,13 +283,38 @@ class Mirror:
             return await self._fetch_manifest(route, tag, None, tag=tag)
         cached = await self._cached_manifest(info.digest)
         if cached is not None:
-            # The tag only ever points at a manifest the cache holds.
+            # Upstream just named it under this repository: linked, and the tag recorded
+            # (whether the client asked with GET or, as Docker and containerd do, HEAD).
+            await self._ensure_linked(route, info.digest)
             await self._record(self.index.set_tag(route.key, tag, info.digest))
             return cached
+        # Not cached: the tag is recorded once this digest is (see _store_manifest).
+        self._expect_tag(route, tag, info.digest)
         answerable = accept.accepts(info.media_type) or accept.wildcard or not accept.types
         if not need_body and info.media_type not in INDEX_TYPES and info.size and answerable:
             return Manifest(info.digest, info.media_type, info.size, None)
         return await self._by_digest(route, info.digest, tag=tag)
+
+    def _expect_tag(self, route: Route, tag: str, digest: Digest) -> None:
+        """Remember, briefly, that upstream said ``tag`` → ``digest``: a client that
+        resolved the tag with HEAD fetches the manifest next by digest."""
+        key = (route.key, tag)
+        self._pending_tags[key] = (digest, time.monotonic() + PENDING_TAG_TTL)
+        self._pending_tags.move_to_end(key)
+        while len(self._pending_tags) > MAX_PENDING_TAGS:
+            self._pending_tags.popitem(last=False)
+
+    async def _settle_tags(self, route: Route, digest: Digest) -> None:
+        """``digest`` is now cached under ``route``: record the tags a recent HEAD named."""
+        now = time.monotonic()
+        settled = [
+            key
+            for key, (expected, deadline) in self._pending_tags.items()
+            if key[0] == route.key and expected == digest and deadline > now
+        ]
+        for key in settled:
+            del self._pending_tags[key]
+            await self._record(self.index.set_tag(route.key, key[1], digest))
 
     async def _stale_by_tag(self, route: Route, tag: str) -> Manifest | None:
         digest = await self.index.get_tag(route.key, tag)
@@ -278,10 +338,40 @@ class Mirror:
     async def _by_digest(self, route: Route, digest: Digest, tag: str | None = None) -> Manifest:
         cached = await self._cached_manifest(digest)
         if cached is not None:
+            if not await self._links.linked(route.key, digest):
+                # Cached through another repository: served here only if upstream has it
+                # here too (a HEAD, no download); else MANIFEST_UNKNOWN (or the outage).
+                await self._confirm(route, digest, manifest=True)
             return cached
         return await self._manifest_fetches.run(
-            digest, lambda: self._fetch_manifest(route, str(digest), digest, tag=tag)
+            (route.key, digest), lambda: self._fetch_manifest(route, str(digest), digest, tag=tag)
         )
+
+    async def _confirm(self, route: Route, digest: Digest, *, manifest: bool) -> None:
+        """Ask upstream whether ``digest`` exists under ``route`` (HEAD); link it if so.
+        Raises the upstream's error otherwise (UpstreamNotFound: unknown there)."""
+
+        async def ask() -> None:
+            if manifest:
+                info = await route.upstream.head_manifest(route.repo, str(digest))
+                if info.digest is not None and info.digest != digest:
+                    raise UpstreamDigestMismatch(
+                        f"{route} answered a HEAD of {digest} with {info.digest}"
+                    )
+            else:
+                await route.upstream.head_blob(route.repo, digest)
+            await self._ensure_linked(route, digest)
+
+        await self._confirms.run((route.key, "m" if manifest else "b", digest), ask)
+
+    async def _ensure_linked(self, route: Route, digest: Digest) -> None:
+        """Link ``digest`` (and what it references) to the route; cheap when it is."""
+        if await self._links.linked(route.key, digest):
+            return
+        try:
+            await self._links.link(route.key, digest)
+        except IndexError_ as exc:
+            self._storage_failing(exc)  # asked upstream again next time; still served now
 
     async def _cached_manifest(self, digest: Digest) -> Manifest | None:
         remembered = self._memory.get(digest)
@@ -349,9 +439,12 @@ class Mirror:
             await self.index.put_manifest(route.key, record, refs)
             self.evictor.added(info.disk)
             self._memory.put(digest, media_type, body)
+            # What the manifest references is served under this repository too.
+            await self._links.link(route.key, digest)
         except (StorageError, IndexError_) as exc:
             self._storage_failing(exc)
             return False
+        await self._settle_tags(route, digest)
         return True
 
     async def _negotiate(self, route: Route, manifest: Manifest, accept: Accept) -> Manifest:
@@ -382,32 +475,44 @@ class Mirror:
     # --- blobs ----------------------------------------------------------------
 
     async def blob(self, route: Route, digest: Digest) -> BlobSource:
-        """A cache hit (a file) or a fill in progress; starts the fill on a miss."""
-        fill = self._fills.get(digest)
+        """A cache hit (a file) or a fill in progress; starts the fill on a miss.
+
+        Served under ``route`` only when the digest is linked to it or upstream confirms
+        it there; storage stays shared, so a confirmed digest is never downloaded twice.
+        """
+        key = (route.key, digest)
+        fill = self._fills.get(key)
         # A fill forgets itself only after its commit, so looking at the store twice (with
         # the table in between) closes the window where a blob is in neither.
         for _ in range(2):
             if fill is not None:
                 break
-            hit = await self._cached_blob(digest)
+            hit = await self._cached_blob(route, digest)
             if hit is not None:
                 return hit
-            fill = self._fills.get(digest)
+            fill = self._fills.get(key) or self._fill_elsewhere(digest)
         if fill is None and self.max_fetches and len(self._fills) >= self.max_fetches:
             await self._fetch_slot()
             return await self.blob(route, digest)  # look again: it may be cached by now
         if fill is None:
-            fill = BlobFill(digest, route, self.store, self._blob_committed)
-            self._fills[digest] = fill
-            task = fill.start()
-            task.add_done_callback(lambda _t: self._fills.pop(digest, None))
-            task.add_done_callback(self._fetch_done)
+            fill = self._start_fill(route, digest)
+        elif fill.route.key != route.key:
+            # Another repository's download of these bytes: followed once upstream
+            # confirms the digest here too (no second download).
+            await self._confirm(route, digest, manifest=False)
         try:
             size = await fill.ready()
         except Uncacheable as exc:
-            self._storage_failing(exc)
-            stream = await route.upstream.get_blob(route.repo, digest)
-            return BlobSource(digest, stream.size, live=DirectBlob(digest, stream))
+            return await self._direct(route, digest, exc)
+        except UpstreamError:
+            if fill.route.key == route.key:
+                raise
+            # Its repository failed, this one has the digest: a download of its own.
+            fill = self._fills.get(key) or self._start_fill(route, digest)
+            try:
+                size = await fill.ready()
+            except Uncacheable as exc:
+                return await self._direct(route, digest, exc)
         return BlobSource(digest, size, live=fill)
 
     async def _fetch_slot(self) -> None:
@@ -428,10 +533,40 @@ class Mirror:
         freed, self._fetch_freed = self._fetch_freed, asyncio.Event()
         freed.set()
 
-    async def _cached_blob(self, digest: Digest) -> BlobSource | None:
+    def _fill_elsewhere(self, digest: Digest) -> BlobFill | None:
+        """A download of ``digest`` in progress through another repository."""
+        for fill in self._fills.values():
+            if fill.digest == digest and fill.error is None:
+                return fill
+        return None
+
+    def _start_fill(self, route: Route, digest: Digest) -> BlobFill:
+        if self.max_fetches and len(self._fills) >= self.max_fetches:
+            raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
+        key = (route.key, digest)
+        fill = BlobFill(digest, route, self.store, self._blob_committed)
+        self._fills[key] = fill
+
+        def forget(_: object) -> None:
+            if self._fills.get(key) is fill:
+                del self._fills[key]
+
+        task = fill.start()
+        task.add_done_callback(forget)
+        task.add_done_callback(self._fetch_done)
+        return fill
+
+    async def _direct(self, route: Route, digest: Digest, exc: Uncacheable) -> BlobSource:
+        self._storage_failing(exc)
+        stream = await route.upstream.get_blob(route.repo, digest)
+        return BlobSource(digest, stream.size, live=DirectBlob(digest, stream))
+
+    async def _cached_blob(self, route: Route, digest: Digest) -> BlobSource | None:
         info = await self.store.stat(digest)
         if info is None:
             return None
+        if not await self._links.linked(route.key, digest):
+            await self._confirm(route, digest, manifest=False)
         self.index.touch(digest)
         return BlobSource(digest, info.size, path=self.store.local_path(digest))
 
@@ -459,28 +594,66 @@ class Mirror:
         return True
 
     async def blob_size(self, route: Route, digest: Digest) -> int | None:
-        """For HEAD: the cached size, or upstream's answer to a HEAD (no download)."""
+        """For HEAD: the cached size (once linked or confirmed), or upstream's answer to
+        a HEAD (no download)."""
         info = await self.store.stat(digest)
         if info is not None:
+            if not await self._links.linked(route.key, digest):
+                await self._confirm(route, digest, manifest=False)
             return info.size
-        fill = self._fills.get(digest)
+        fill = self._fills.get((route.key, digest))
         if fill is not None:
-            return await fill.ready()
+            try:
+                return await fill.ready()
+            except Uncacheable as exc:
+                self._storage_failing(exc)  # the download goes on uncached: ask upstream
         return await route.upstream.head_blob(route.repo, digest)
 
     # --- listings -------------------------------------------------------------
 
-    async def tags(self, route: Route) -> list[str]:
-        """Tags from upstream; the cached ones when upstream cannot be asked."""
+    async def tags(self, route: Route, *, fresh: bool = True) -> TagListing:
+        """Tags from upstream; the cached ones when upstream cannot be asked.
+
+        The full upstream list is kept for a short while, so the following pages of a
+        paginated listing (``fresh=False``) do not read every upstream page again.
+        """
+        now = time.monotonic()
+        remembered = self._tag_lists.get(route.key)
+        if not fresh and remembered is not None and remembered[0] > now:
+            return remembered[1]
         try:
-            tags = await route.upstream.list_tags(route.repo)
+            listing = await self._tag_listings.run(route.key, lambda: self._list_tags(route))
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
             cached = await self.index.list_tags(route.key)
             if not cached:
                 raise
-            log.warning("upstream unusable (%s); listing cached tags of %s", exc, route)
-            return cached
-        return sorted(set(tags))
+            self._stale_log(
+                f"tags {route.key}",
+                logging.WARNING,
+                "upstream unusable (%s); listing cached tags of %s",
+                exc,
+                route,
+            )
+            return TagListing(cached, stale=True)
+        self._tag_lists[route.key] = (now + TAG_LIST_TTL, listing)
+        self._tag_lists.move_to_end(route.key)
+        while len(self._tag_lists) > MAX_TAG_LISTS:
+            self._tag_lists.popitem(last=False)
+        return listing
+
+    async def _list_tags(self, route: Route) -> TagListing:
+        tags = await route.upstream.list_tags(route.repo)
+        truncated = isinstance(tags, TagList) and tags.truncated
+        if truncated:
+            self._stale_log(
+                f"tags truncated {route.key}",
+                logging.WARNING,
+                "tag list of %s cut at %d upstream pages (%d tags)",
+                route,
+                MAX_TAG_PAGES,
+                len(tags),
+            )
+        return TagListing(sorted(set(tags)), truncated=truncated)
 
     async def catalog_keys(self) -> list[tuple[str, str]]:
         """Cached repositories: (as clients name them, cache key), e.g.

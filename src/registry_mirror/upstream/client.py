@@ -42,7 +42,7 @@ from registry_mirror.upstream.transport import (
     is_public,
 )
 
-__all__ = ["BlobStream", "ManifestInfo", "Upstream"]
+__all__ = ["MAX_TAG_PAGES", "BlobStream", "ManifestInfo", "TagList", "Upstream"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,12 @@ class BlobStream:
 
     def close(self) -> None:
         self._response.close()
+
+
+class TagList(list[str]):
+    """Tags read from upstream; ``truncated`` when more pages followed than are read."""
+
+    truncated: bool = False
 
 
 class Upstream:
@@ -204,11 +210,11 @@ class Upstream:
             return BlobStream(response, total, start)
         return BlobStream(response, response.content_length, 0)
 
-    async def list_tags(self, repo: str) -> list[str]:
+    async def list_tags(self, repo: str) -> TagList:
         return await self._metadata(("tags", repo, ""), lambda: self._list_tags(repo))
 
-    async def _list_tags(self, repo: str) -> list[str]:
-        tags: list[str] = []
+    async def _list_tags(self, repo: str) -> TagList:
+        tags = TagList()
         path = "tags/list"
         seen: set[str] = set()
         for _ in range(MAX_TAG_PAGES):
@@ -241,6 +247,7 @@ class Upstream:
                 return tags
             seen.add(query)
             path = "tags/list?" + query
+        tags.truncated = True  # more pages than MAX_TAG_PAGES: said so, not silently cut
         return tags
 
     # --- bounds: total time, circuit breaker, negative answers ----------------

@@ -1,0 +1,66 @@
+"""Which repository may see which content: storage is shared by digest, access is not.
+
+A digest is served under a repository only when the index links it there: it was
+fetched through that repository, upstream confirmed it there (a ``HEAD``), or a
+manifest linked there references it. The links live in the index (``repo_content``);
+this module keeps the recently confirmed ones in memory so a cache hit costs no
+database round trip.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Final
+
+from registry_mirror.index import Index
+from registry_mirror.reference import Digest
+
+__all__ = ["RepoLinks"]
+
+REMEMBERED_LINKS: Final = 20_000
+
+
+class RepoLinks:
+    """``(repository key, digest)`` links: the index's, with an LRU of positive answers."""
+
+    def __init__(self, index: Index, remembered: int = REMEMBERED_LINKS) -> None:
+        self._index = index
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._limit = remembered
+
+    def __repr__(self) -> str:
+        return f"<RepoLinks {len(self._known)} remembered>"
+
+    @staticmethod
+    def _key(repo: str, digest: str) -> str:
+        return f"{repo}@{digest}"
+
+    def _remember(self, repo: str, digests: Iterable[str]) -> None:
+        for digest in digests:
+            key = self._key(repo, digest)
+            self._known[key] = None
+            self._known.move_to_end(key)
+        while len(self._known) > self._limit:
+            self._known.popitem(last=False)
+
+    async def linked(self, repo: str, digest: Digest) -> bool:
+        """Whether ``digest`` may be served under ``repo`` from the cache."""
+        key = self._key(repo, str(digest))
+        if key in self._known:
+            self._known.move_to_end(key)
+            return True
+        if await self._index.linked(repo, digest):
+            self._remember(repo, [str(digest)])
+            return True
+        return False
+
+    async def link(self, repo: str, digest: Digest) -> None:
+        """Link ``digest`` (and what it references, as far as the index knows) to ``repo``."""
+        self._remember(repo, await self._index.link(repo, digest))
+
+    def forget(self, digests: list[str]) -> None:
+        """Content left the cache (eviction): its links go with its index rows."""
+        gone = set(digests)
+        for key in [k for k in self._known if k.rpartition("@")[2] in gone]:
+            del self._known[key]
