@@ -24,6 +24,7 @@ from registry_mirror.config import Settings
 from registry_mirror.index import Index, SQLiteIndex
 from registry_mirror.mirror import Mirror, Router, UpstreamEntry
 from registry_mirror.mirror.eviction import StorageLimits
+from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
 from registry_mirror.upstream import Upstream
 
@@ -55,6 +56,8 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         nonlocal store, index, router
+        # One server per cache root, before anything touches it (see rootlock).
+        lock = await asyncio.to_thread(RootLock, root)
         if store is None:
             fs = FilesystemBlobStore(root)
             await asyncio.to_thread(fs.prepare)
@@ -63,7 +66,7 @@ def create_app(
         if removed:
             log.info("removed %d unfinished downloads left by a previous run", removed)
         if index is None:
-            index = SQLiteIndex(root / "index.db")
+            index = SQLiteIndex(root / "index.db", generation=lock.generation)
         await index.open()
         session: aiohttp.ClientSession | None = None
         if router is None:
@@ -95,6 +98,10 @@ def create_app(
                 " (default)" if entry is router.default else "",
             )
         log.info("cache in %s", root)
+        for warning in settings.warnings():
+            log.warning("%s", warning)
+        for name in settings.service_links:
+            log.debug("environment variable %s is a Kubernetes service link: ignored", name)
         try:
             yield
         finally:
@@ -106,6 +113,7 @@ def create_app(
             await index.close()
             if session is not None:
                 await session.close()
+            lock.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(add_api_version)
