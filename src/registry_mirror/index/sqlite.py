@@ -182,9 +182,14 @@ class SQLiteIndex:
         if self._tags.get((repo, tag)) == str(digest):
             return  # unchanged: no write on the hot path
 
-        def put(db: sqlite3.Connection) -> None:
-            # One write transaction from the repository's id to the tag row: a removal
-            # in another process cannot delete the repository in between.
+        def put(db: sqlite3.Connection) -> bool:
+            # One write transaction from the repository's id to the tag row, and only
+            # for a manifest the index has: a removal in another process (prune) can
+            # neither delete the repository in between nor leave the tag dangling.
+            if not db.execute(
+                "SELECT 1 FROM manifests WHERE digest = ?", (str(digest),)
+            ).fetchone():
+                return False
             repo_id = self._repo_id(db, repo)
             db.execute(
                 "INSERT INTO tags (repo_id, tag, digest, updated_at) VALUES (?, ?, ?, ?)"
@@ -192,9 +197,10 @@ class SQLiteIndex:
                 " updated_at = excluded.updated_at",
                 (repo_id, tag, str(digest), time.time()),
             )
+            return True
 
-        await self._run(put, write=True)
-        self._remember_tag(repo, tag, str(digest), generation)
+        if await self._run(put, write=True):
+            self._remember_tag(repo, tag, str(digest), generation)
 
     def _remember_tag(self, repo: str, tag: str, digest: str, generation: bytes) -> None:
         """The tag → digest memory that keeps unchanged tags off the disk; bounded. What
