@@ -110,13 +110,13 @@ def test_ls_du_verify_repair_prune(upstream: RegistryProcess, mirror: MirrorProc
     assert dry.returncode == 0
     assert "would remove 1 images" in dry.stdout
     assert blob_path(mirror, one.layer_digests[1]).exists()
-    done = cli("prune", "--root", root, "library/one")
+    done = cli("prune", "--root", root, "--yes", "library/one")
     assert "removed 1 images" in done.stdout
     assert not blob_path(mirror, one.layer_digests[1]).exists()
     assert blob_path(mirror, one.layer_digests[0]).exists()  # still used by team/two
     after = json.loads(cli("ls", "--root", root, "--json").stdout)
     assert [(r["repository"], r["tag"]) for r in after] == [("docker.io/team/two", "latest")]
-    assert cli("prune", "--root", root, "--to-size", "0").returncode == 0
+    assert cli("prune", "--root", root, "--yes", "--to-size", "0B").returncode == 0
     assert json.loads(cli("ls", "--root", root, "--json").stdout) == []
     assert cli("verify", "--root", root).returncode == 0
     pull(mirror, two)  # the server copes with content pruned under it

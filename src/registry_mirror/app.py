@@ -24,6 +24,7 @@ from registry_mirror.config import Settings
 from registry_mirror.index import Index, SQLiteIndex
 from registry_mirror.mirror import Mirror, Router, UpstreamEntry
 from registry_mirror.mirror.eviction import StorageLimits
+from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
 from registry_mirror.upstream import Sessions, Upstream
 
@@ -58,6 +59,8 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         nonlocal store, index, router
         own_store = store is None  # a store given by the caller is the caller's to close
+        # One server per cache root, before anything touches it (see rootlock).
+        lock = await asyncio.to_thread(RootLock, root)
         if store is None:
             fs = FilesystemBlobStore(root)
             await asyncio.to_thread(fs.prepare)
@@ -66,7 +69,7 @@ def create_app(
         if removed:
             log.info("removed %d unfinished downloads left by a previous run", removed)
         if index is None:
-            index = SQLiteIndex(root / "index.db")
+            index = SQLiteIndex(root / "index.db", generation=lock.generation)
         await index.open()
         sessions: Sessions | None = None
         if router is None:
@@ -95,6 +98,10 @@ def create_app(
                 f" via proxy {via}" if via else "",
             )
         log.info("cache in %s", root)
+        for warning in settings.warnings():
+            log.warning("%s", warning)
+        for name in settings.service_links:
+            log.debug("environment variable %s is a Kubernetes service link: ignored", name)
         try:
             yield
         finally:
@@ -108,6 +115,7 @@ def create_app(
                 await store.close()
             if sessions is not None:
                 await sessions.close()
+            lock.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(add_api_version)

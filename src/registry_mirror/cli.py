@@ -16,6 +16,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import uvloop
 from aiohttp import web
@@ -47,7 +48,10 @@ ALIASES = {
 
 
 def _settings_options() -> argparse.ArgumentParser:
-    """The config file and every setting as a flag, shared by all commands."""
+    """The config file and every setting as a flag, shared by all commands. They go
+    before or after the command (``registry-mirror --root X ls`` = ``ls --root X``);
+    unset flags leave no attribute, so one given before the command is not undone by
+    the command's own parser."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "-c",
@@ -55,6 +59,7 @@ def _settings_options() -> argparse.ArgumentParser:
         dest="config_flag",
         type=Path,
         metavar="FILE",
+        default=argparse.SUPPRESS,
         help="YAML config file (registry:2's format)",
     )
     group = parent.add_argument_group("settings (each also REGISTRY_MIRROR_<KEY>)")
@@ -64,19 +69,21 @@ def _settings_options() -> argparse.ArgumentParser:
             *ALIASES.get(path, []),
             dest=f"set:{path}",
             metavar="VALUE",
-            default=None,
+            default=argparse.SUPPRESS,
             help=f"config key {path}",
         )
     return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = _settings_options()
     parser = argparse.ArgumentParser(
         prog="registry-mirror",
-        description="A pull-through cache for container registries.",
+        description="A pull-through cache for container registries."
+        " Settings may be given before or after the command.",
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"registry-mirror {__version__}")
-    common = _settings_options()
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", parents=[common], help="run the mirror (the default)")
     serve.add_argument(
@@ -86,13 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS: Final = frozenset({"serve", *commands_module.COMMANDS})
+NO_VALUE: Final = frozenset({"-h", "--help", "--version"})
+
+
+def _with_command(argv: list[str]) -> list[str]:
+    """``argv`` with ``serve`` in front when it names no command. Every option before
+    the command takes one value (``--root X`` or ``--root=X``), so the first word that
+    is not an option or an option's value is the command, or serve's CONFIG."""
+    position = 0
+    while position < len(argv):
+        word = argv[position]
+        if word in COMMANDS or word in NO_VALUE:
+            return argv
+        if word == "--" or not word.startswith("-"):
+            break
+        position += 1 if "=" in word else 2
+    return ["serve", *argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(argv if argv is not None else sys.argv[1:])
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
-        argv = ["serve", *argv]
-    args = parser.parse_args(argv)
-    config_file = args.config_flag or getattr(args, "config", None)
+    args = parser.parse_args(_with_command(list(argv if argv is not None else sys.argv[1:])))
+    config_file = getattr(args, "config_flag", None) or getattr(args, "config", None)
     try:
         settings, ignored = load_settings(flags=_flags(args), config_file=config_file)
     except ConfigError as exc:

@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 import datetime
 import json
+import re
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import uvloop
 from rich.console import Console
@@ -33,7 +34,9 @@ from registry_mirror.index import IndexError_
 from registry_mirror.media_types import Platform
 from registry_mirror.storage import StorageError
 
-__all__ = ["add_commands", "run"]
+__all__ = ["COMMANDS", "add_commands", "run"]
+
+COMMANDS: Final = ("ls", "du", "prune", "verify", "warm")
 
 T = TypeVar("T")
 
@@ -48,8 +51,15 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     du = commands.add_parser("du", parents=[common], help="storage used, quota, free disk")
     du.add_argument("--json", action="store_true", help="machine-readable output")
     prune = commands.add_parser("prune", parents=[common], help="remove cached images")
-    prune.add_argument("repositories", nargs="*", metavar="REPO", help="only these repositories")
+    prune.add_argument(
+        "repositories",
+        nargs="*",
+        metavar="REPO",
+        help="only these repositories, as ls shows them (alpine, library/alpine,"
+        " ghcr.io/o/i; globs allowed)",
+    )
     prune.add_argument("--dry-run", action="store_true", help="show what would go, remove nothing")
+    prune.add_argument("-y", "--yes", action="store_true", help="do not ask before removing")
     prune.add_argument("--older-than", metavar="AGE", help="not used for this long (e.g. 30d)")
     prune.add_argument("--to-size", metavar="SIZE", help="LRU images until this size (20GiB)")
     verify = commands.add_parser("verify", parents=[common], help="re-hash the whole cache")
@@ -61,6 +71,21 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     warm.add_argument("--platform", help="e.g. linux/amd64,linux/arm64 (default: all)")
     warm.add_argument("--mirror", help="the running mirror's URL (default: from http.addr)")
     warm.add_argument("--concurrency", type=int, default=4, help="parallel downloads (4)")
+    warm.add_argument("-u", "--username", help="the mirror's login (auth.htpasswd)")
+    secret = warm.add_mutually_exclusive_group()
+    secret.add_argument(
+        "-p", "--password", help="the password (visible to other users: prefer --password-stdin)"
+    )
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    warm.add_argument(
+        "--tls-verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="verify the mirror's certificate (default: yes)",
+    )
+    warm.add_argument("--ca-cert", type=Path, metavar="FILE", help="CA certificate(s), PEM")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -70,6 +95,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except ops.CacheMissing as exc:
         err.print(f"registry-mirror: {exc}", highlight=False)
         return 2
+    except ops.NothingMatches as exc:
+        err.print(f"registry-mirror {args.command}: {exc}", highlight=False)
+        return 1
     except ValueError as exc:
         err.print(f"registry-mirror {args.command}: {exc}", highlight=False)
         return 2
@@ -156,36 +184,81 @@ def _du(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _with_unit(text: str, what: str, parse: Callable[[str], T], examples: str) -> T:
+    """A size or an age must say its unit: ``20`` could mean bytes or gigabytes."""
+    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", text):
+        raise ValueError(f"{what} {text!r} needs a unit ({examples})")
+    return parse(text)
+
+
 def _prune(args: argparse.Namespace, settings: Settings) -> int:
-    older_than = parse_duration(args.older_than) if args.older_than else None
-    to_size = parse_size(args.to_size) if args.to_size else None
+    older_than = (
+        _with_unit(args.older_than, "--older-than", parse_duration, "e.g. 30d, 12h, 90m")
+        if args.older_than
+        else None
+    )
+    to_size = (
+        _with_unit(args.to_size, "--to-size", parse_size, "e.g. 20GiB, 500MB, 0B")
+        if args.to_size
+        else None
+    )
     if older_than is None and to_size is None and not args.repositories:
         raise ValueError("say what to prune: --older-than AGE, --to-size SIZE and/or REPO…")
+    naming = ops.Naming.from_settings(settings)
 
-    async def go() -> tuple[ops.EvictionPlan, int]:
+    async def plan() -> ops.PrunePlan:
         async with ops.Cache(settings.root) as cache:
-            plan = await ops.plan_prune(
+            return await ops.plan_prune(
                 cache,
                 older_than=older_than,
                 to_size=to_size,
                 repositories=list(args.repositories),
+                naming=naming,
             )
-            removed = 0 if args.dry_run else await ops.prune(cache, plan)
-            return plan, removed
 
-    plan, removed = _run(go())
-    verb = "would remove" if args.dry_run else "removed"
+    async def apply(chosen: ops.PrunePlan) -> ops.PruneResult:
+        async with ops.Cache(settings.root) as cache:
+            return await ops.prune(cache, chosen)
+
+    chosen = _run(plan())
+    removal = chosen.removal
+    verb = "would remove" if args.dry_run or not args.yes else "removing"
     out.print(
-        f"{verb} {len(plan.images)} images: {len(plan.digests)} files,"
-        f" {_size(plan.freed)} ({plan.freed} bytes)",
+        f"{verb} {len(removal.images)} images: {len(removal.digests)} files,"
+        f" {_size(removal.freed)} ({removal.freed} bytes)",
         highlight=False,
     )
-    for digest in plan.images:
-        out.print(f"  {digest}", highlight=False)
-    if not args.dry_run and removed != len(plan.digests):
+    for digest in removal.images:
+        names = ", ".join(chosen.names.get(digest, [])) or "(untagged)"
+        out.print(f"  {digest}  {names}", highlight=False)
+    if chosen.unlink:
         out.print(
-            f"({len(plan.digests) - removed} files were already gone or are referenced again)",
+            f"{'would untag' if verb == 'would remove' else 'untagging'}"
+            f" {', '.join(chosen.scope or [])} from {len(chosen.unlink)} files other"
+            " repositories still use (they stay)",
             highlight=False,
+        )
+    if not chosen:
+        out.print("nothing to remove", highlight=False)
+        return 0
+    if args.dry_run:
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("not removing without confirmation: run with --yes (or --dry-run)")
+        answer = input("remove them? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            out.print("nothing removed", highlight=False)
+            return 0
+    result = _run(apply(chosen))
+    out.print(
+        f"removed {result.images} images: {result.files} files, {_size(result.freed)}"
+        f" ({result.freed} bytes)",
+        highlight=False,
+    )
+    if result.kept:
+        out.print(
+            f"({result.kept} files kept: in use again since the plan was made)", highlight=False
         )
     return 0
 
@@ -246,7 +319,22 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
     mirror = args.mirror
     if mirror is None:
         host, port = settings.listen()
-        mirror = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        scheme = "https" if settings.http.tls.certificate is not None else "http"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        mirror = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    password = args.password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if (password is not None) and args.username is None:
+        raise ValueError("a password without --username")
+    access = ops.MirrorAccess.parse(
+        mirror,
+        username=args.username,
+        password=password,
+        tls_verify=args.tls_verify,
+        ca_cert=args.ca_cert,
+    )
+    access.ssl_context()  # a bad --ca-cert is a usage error, before anything starts
 
     with _progress(disable=False) as progress:
         task = progress.add_task(f"warming {len(images)} images", total=None)
@@ -257,7 +345,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
 
         results = _run(
             ops.warm(
-                mirror,
+                access,
                 images,
                 platforms=platforms,
                 concurrency=args.concurrency,
@@ -265,7 +353,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
                 on_image=done,
             )
         )
-    table = Table(title=f"warmed through {mirror}")
+    table = Table(title=f"warmed through {access.url}")
     for column in ("image", "platforms", "manifests", "blobs", "bytes", "result"):
         table.add_column(column)
     for r in results:

@@ -41,6 +41,7 @@ __all__ = [
     "Settings",
     "leaf_paths",
     "load_settings",
+    "mask_url",
     "parse_duration",
     "parse_size",
     "redact_url",
@@ -172,13 +173,35 @@ class HTTPSettings(_Section):
     max_header_size: Size = 8190
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its user info (``http://bob:pw@host`` → ``http://host``): for every
+    place a URL is printed, logged or turned into a name."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def host_port(url: str) -> str:
+    """``host[:port]`` of a URL, lower case, never its user info."""
+    return urlsplit(url).netloc.rpartition("@")[2].lower()
+
+
 def _check_url(value: object) -> object:
     if isinstance(value, str):
         parts = urlsplit(value)
+        shown = redact_url(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"invalid URL {value!r} (expected http(s)://host[:port])")
+            raise ValueError(f"invalid URL {shown!r} (expected http(s)://host[:port])")
+        if "@" in parts.netloc:
+            # It would become the registry's name: in logs, ls, the index, error answers.
+            raise ValueError(
+                f"credentials in the URL {shown!r} are refused (they would show in names"
+                " and logs): give them as proxy.username / proxy.password (or the"
+                " upstream's username / password)"
+            )
         if parts.path.strip("/") or parts.query:
-            raise ValueError(f"URL {value!r} must not have a path (the /v2/ API is implied)")
+            raise ValueError(f"URL {shown!r} must not have a path (the /v2/ API is implied)")
     return value
 
 
@@ -263,7 +286,7 @@ class OutboundProxy:
         return False
 
 
-def redact_url(url: str) -> str:
+def mask_url(url: str) -> str:
     """A URL fit for a log line: any ``user:password@`` replaced by ``***@``."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
@@ -305,12 +328,12 @@ class _UpstreamCommon(_Section):
     @property
     def registry_name(self) -> str:
         """The name clients use for it (``?ns=``, path prefix, cache keys)."""
-        return "docker.io" if self.is_dockerhub else urlsplit(self.base_url).netloc.lower()
+        return "docker.io" if self.is_dockerhub else host_port(self.base_url)
 
     @property
     def registry_names(self) -> frozenset[str]:
         """Every name that selects this upstream."""
-        names = {self.registry_name, urlsplit(self.base_url).netloc.lower(), *self.aliases}
+        names = {self.registry_name, host_port(self.base_url), *self.aliases}
         if self.is_dockerhub:
             names |= {"docker.io", *DOCKER_HUB_HOSTS}
         return frozenset(name.lower() for name in names)
@@ -420,6 +443,12 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     # HTTP_PROXY, HTTPS_PROXY, NO_PROXY from the environment (see outbound_proxy).
     _proxy_env: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Kubernetes service-link variables seen in the environment and ignored.
+    _service_links: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def service_links(self) -> list[str]:
+        return list(self._service_links)
 
     @model_validator(mode="after")
     def _checks(self) -> Settings:
@@ -436,15 +465,21 @@ class Settings(_Section):
         return self._names_unique()
 
     def _names_unique(self) -> Settings:
+        """Each registry is configured once: two entries sharing a name (or a URL) would
+        silently replace each other, the default's traffic then going out with the
+        other entry's credentials and policy."""
         seen: dict[str, str] = {}
-        for upstream in self.all_upstreams():
-            for name in upstream.registry_names:
-                if name in seen and seen[name] != upstream.base_url:
+        for position, upstream in enumerate(self.all_upstreams()):
+            where = "proxy" if position == 0 else f"upstreams[{position - 1}]"
+            where += f" ({redact_url(upstream.base_url)})"
+            for name in sorted(upstream.registry_names):
+                if name in seen and seen[name] != where:
                     raise ValueError(
-                        f"upstreams: the name {name!r} is given to {seen[name]} and"
-                        f" {upstream.base_url}"
+                        f"upstreams: {name!r} names both {seen[name]} and {where}: configure"
+                        " each registry once, with its credentials and policy in one place"
+                        " (proxy, the default, is Docker Hub unless proxy.remoteurl is set)"
                     )
-                seen[name] = upstream.base_url
+                seen[name] = where
         return self
 
     def outbound_proxy(self, upstream: _UpstreamCommon) -> OutboundProxy:
@@ -457,6 +492,25 @@ class Settings(_Section):
             env.get("HTTPS_PROXY") or None,
             tuple(h.strip().lower() for h in env.get("NO_PROXY", "").split(",") if h.strip()),
         )
+
+    def warnings(self) -> list[str]:
+        """Settings that work but may surprise, for the server to log at start: a name
+        without a dot in a path prefix hides the default registry's namespace of that
+        name (with Docker Hub as the default, ``hub/x`` is then never Docker Hub's)."""
+        default = self.proxy.registry_name
+        found = []
+        for upstream in self.all_upstreams():
+            for name in sorted(upstream.registry_names):
+                if "." in name or ":" in name or name == "localhost":
+                    continue
+                target = upstream.registry_name
+                found.append(
+                    f"alias {name!r} of {target} has no dot: /v2/{name}/x means {target}'s"
+                    f" repository x, so {default}'s own repositories under {name}/ cannot be"
+                    f" pulled through this mirror (a name with a dot, e.g. {name}.mirror,"
+                    " hides nothing)"
+                )
+        return found
 
     def all_upstreams(self) -> list[_UpstreamCommon]:
         """The default upstream (``proxy``) first, then the others."""
@@ -500,6 +554,39 @@ def flag_name(path: str) -> str:
     return "--" + path.replace(".", "-").replace("_", "-")
 
 
+_SERVICE_LINK: Final = re.compile(
+    r"(?:[A-Z0-9_]+_)?(?P<kind>SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT"
+    r"|PORT_\d{1,5}_(?:TCP|UDP|SCTP)(?P<part>_PROTO|_PORT|_ADDR)?)"
+)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """A variable Kubernetes puts into every pod for a Service whose name starts with
+    ``registry-mirror`` (``REGISTRY_MIRROR_SERVICE_HOST=10.0.0.7``,
+    ``REGISTRY_MIRROR_PORT=tcp://10.0.0.7:5000``, ``…_PORT_5000_TCP_ADDR``, …): the exact
+    shapes, names and values, so that a mistyped setting is still refused."""
+    match = _SERVICE_LINK.fullmatch(name.removeprefix(ENV_PREFIX))
+    if not name.startswith(ENV_PREFIX) or match is None:
+        return False
+    kind, part = match["kind"], match["part"]
+    if kind == "SERVICE_HOST" or part == "_ADDR":
+        return _is_ip(value)
+    if kind.startswith("SERVICE_PORT") or part == "_PORT":
+        return value.isdigit()
+    if part == "_PROTO":
+        return value in ("tcp", "udp", "sctp")
+    address = re.fullmatch(r"(?:tcp|udp|sctp)://\[?([0-9a-fA-F.:]+?)\]?:(\d{1,5})", value)
+    return address is not None and _is_ip(address[1])
+
+
 def load_settings(
     *,
     flags: Mapping[str, object] | None = None,
@@ -516,6 +603,7 @@ def load_settings(
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     ignored: list[str] = []
+    service_links: list[str] = []
     known = set(leaf_paths())
 
     if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
@@ -540,6 +628,9 @@ def load_settings(
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
         if name not in env_known:
+            if is_service_link(name, value):
+                service_links.append(name)
+                continue
             raise ConfigError(f"unknown environment variable {name}")
         merged[env_known[name]] = value
         sources[env_known[name]] = name
@@ -560,6 +651,7 @@ def load_settings(
         raise ConfigError(f"{path}: {message}{where}") from None
     settings.listen()
     settings._proxy_env = _proxy_environment(environ)
+    settings._service_links = sorted(service_links)
     return settings, ignored
 
 

@@ -66,23 +66,38 @@ CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs (child);
 """
 
 
+def _no_generation() -> bytes:
+    return b""
+
+
 class SQLiteIndex:
-    def __init__(self, path: Path) -> None:
+    """``generation`` tells whether another process (an operator command) may have
+    changed the database: the tag memory is trusted only while it returns what it
+    returned when the memory was filled (see :mod:`registry_mirror.rootlock`)."""
+
+    def __init__(self, path: Path, *, generation: Callable[[], bytes] | None = None) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self._db: sqlite3.Connection | None = None
         self._touched: dict[str, tuple[float, int]] = {}
         self._tags: dict[tuple[str, str], str] = {}
+        self.generation = generation or _no_generation
+        self._tags_generation = self.generation()
 
     def __repr__(self) -> str:
         return f"<SQLiteIndex {self.path}>"
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        """``fn`` in one transaction on the index thread. A ``write`` takes the write
+        lock first (``BEGIN IMMEDIATE``), so what it reads is still true when it writes;
+        a read is one consistent snapshot (``BEGIN``)."""
+
         def call() -> T:
             if self._db is None:
                 raise IndexError_("index is not open")
             try:
                 with self._db:
+                    self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                     return fn(self._db)
             except sqlite3.Error as exc:
                 raise IndexError_(f"index {self.path}: {exc}") from exc
@@ -104,7 +119,8 @@ class SQLiteIndex:
                         f" understands ({SCHEMA_VERSION})"
                     )
                 db.executescript(SCHEMA)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                if version != SCHEMA_VERSION:  # a read-only command writes nothing
+                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.isolation_level = "DEFERRED"
             except sqlite3.Error as exc:
                 raise IndexError_(f"cannot open index {self.path}: {exc}") from exc
@@ -138,7 +154,17 @@ class SQLiteIndex:
         )
         return int(cursor.lastrowid or 0)
 
+    def _tag_memory(self) -> bytes:
+        """The tag memory, emptied if another process changed the index since it was
+        filled; returns the generation it now belongs to."""
+        current = self.generation()
+        if current != self._tags_generation:
+            self._tags.clear()
+            self._tags_generation = current
+        return current
+
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        generation = self._tag_memory()
         cached = self._tags.get((repo, tag))
         if cached is not None:
             return parse_digest(cached)
@@ -154,14 +180,22 @@ class SQLiteIndex:
         found = await self._run(get)
         if found is None:
             return None
-        self._remember_tag(repo, tag, found)
+        self._remember_tag(repo, tag, found, generation)
         return parse_digest(found)
 
     async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        generation = self._tag_memory()
         if self._tags.get((repo, tag)) == str(digest):
             return  # unchanged: no write on the hot path
 
-        def put(db: sqlite3.Connection) -> None:
+        def put(db: sqlite3.Connection) -> bool:
+            # One write transaction from the repository's id to the tag row, and only
+            # for a manifest the index has: a removal in another process (prune) can
+            # neither delete the repository in between nor leave the tag dangling.
+            if not db.execute(
+                "SELECT 1 FROM manifests WHERE digest = ?", (str(digest),)
+            ).fetchone():
+                return False
             repo_id = self._repo_id(db, repo)
             db.execute(
                 "INSERT INTO tags (repo_id, tag, digest, updated_at) VALUES (?, ?, ?, ?)"
@@ -169,12 +203,16 @@ class SQLiteIndex:
                 " updated_at = excluded.updated_at",
                 (repo_id, tag, str(digest), time.time()),
             )
+            return True
 
-        await self._run(put)
-        self._remember_tag(repo, tag, str(digest))
+        if await self._run(put, write=True):
+            self._remember_tag(repo, tag, str(digest), generation)
 
-    def _remember_tag(self, repo: str, tag: str, digest: str) -> None:
-        """The tag → digest memory that keeps unchanged tags off the disk; bounded."""
+    def _remember_tag(self, repo: str, tag: str, digest: str, generation: bytes) -> None:
+        """The tag → digest memory that keeps unchanged tags off the disk; bounded. What
+        was read or written before another process changed the index is not kept."""
+        if self._tag_memory() != generation:
+            return
         if len(self._tags) >= MAX_REMEMBERED_TAGS:
             self._tags.clear()
         self._tags[(repo, tag)] = digest
@@ -186,7 +224,8 @@ class SQLiteIndex:
                 "DELETE FROM tags WHERE tag = ? AND repo_id ="
                 " (SELECT id FROM repositories WHERE name = ?)",
                 (tag, repo),
-            )
+            ),
+            write=True,
         )
 
     async def list_tags(self, repo: str) -> list[str]:
@@ -214,7 +253,7 @@ class SQLiteIndex:
             )
             self._add_content(db, repo, record.digest, record.size)
 
-        await self._run(put)
+        await self._run(put, write=True)
 
     async def get_manifest(self, digest: Digest) -> ManifestRecord | None:
         def get(db: sqlite3.Connection) -> ManifestRecord | None:
@@ -257,7 +296,7 @@ class SQLiteIndex:
         return await self._run(put)
 
     async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None:
-        await self._run(lambda db: self._add_content(db, repo, digest, size))
+        await self._run(lambda db: self._add_content(db, repo, digest, size), write=True)
 
     def _add_content(
         self, db: sqlite3.Connection, repo: str | None, digest: Digest, size: int
@@ -331,7 +370,7 @@ class SQLiteIndex:
                 " AND id NOT IN (SELECT repo_id FROM repo_content)"
             )
 
-        await self._run(delete)
+        await self._run(delete, write=True)
         self._forget(digests)
 
     async def evict(self, digests: list[str]) -> list[str]:
@@ -366,17 +405,105 @@ class SQLiteIndex:
             )
 
         if digests:
-            await self._run(delete)
+            await self._run(delete, write=True)
         self._forget(gone)
         return gone
 
+    # --- for operator commands: small transactions that re-check before removing ----
+
+    async def known(self, digests: list[str]) -> set[str]:
+        """Which of ``digests`` have a row now."""
+
+        def get(db: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for digest in digests:
+                if db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
+                    found.add(digest)
+            return found
+
+        return await self._run(get)
+
+    async def remove_unused(self, digests: list[str], *, scope: list[str] | None) -> list[str]:
+        """Remove each digest's rows, in order, unless (checked inside the transaction)
+        a manifest still references it or, with ``scope`` (repository names), a
+        repository outside it tags or links it. Returns the digests removed."""
+
+        def delete(db: sqlite3.Connection) -> list[str]:
+            inside = _ids(db, scope or [])
+            removed = []
+            for digest in digests:
+                if db.execute(
+                    "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (digest,)
+                ).fetchone():
+                    continue
+                if scope is not None:
+                    users = {
+                        int(row[0])
+                        for row in db.execute(
+                            "SELECT repo_id FROM tags WHERE digest = ?"
+                            " UNION SELECT repo_id FROM repo_content WHERE digest = ?",
+                            (digest, digest),
+                        )
+                    }
+                    if users - inside:
+                        continue
+                _delete_rows(db, digest)
+                removed.append(digest)
+            _drop_empty_repositories(db)
+            return removed
+
+        removed = await self._run(delete, write=True)
+        self._forget(removed)
+        return removed
+
+    async def unlink(self, repos: list[str], digests: list[str]) -> None:
+        """Forget that ``repos`` hold ``digests`` (their tags naming them, their links to
+        them); the content stays for the other repositories. Empty repositories go."""
+
+        def delete(db: sqlite3.Connection) -> None:
+            for repo_id in _ids(db, repos):
+                for digest in digests:
+                    db.execute(
+                        "DELETE FROM tags WHERE repo_id = ? AND digest = ?", (repo_id, digest)
+                    )
+                    db.execute(
+                        "DELETE FROM repo_content WHERE repo_id = ? AND digest = ?",
+                        (repo_id, digest),
+                    )
+            _drop_empty_repositories(db)
+
+        await self._run(delete, write=True)
+        gone = set(digests)
+        self._tags = {
+            key: value
+            for key, value in self._tags.items()
+            if key[0] not in repos or value not in gone
+        }
+
+    async def remove_dangling_tags(self, digests: list[str]) -> int:
+        """Delete tags naming one of ``digests`` if (checked in the transaction) no
+        manifest row exists for it. Returns the tags deleted."""
+
+        def delete(db: sqlite3.Connection) -> int:
+            count = 0
+            for digest in digests:
+                cursor = db.execute(
+                    "DELETE FROM tags WHERE digest = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = ?)",
+                    (digest, digest),
+                )
+                count += cursor.rowcount
+            _drop_empty_repositories(db)
+            return count
+
+        count = await self._run(delete, write=True)
+        self._forget(digests)
+        return count
+
     def _forget(self, digests: list[str]) -> None:
-        """Drop removed content from the tag memory and the pending last-use batch."""
-        removed = set(digests)
-        if not removed:
-            return
-        self._tags = {key: value for key, value in self._tags.items() if value not in removed}
-        for digest in removed:
+        gone = set(digests)
+        self._tags = {key: value for key, value in self._tags.items() if value not in gone}
+        for digest in digests:
             self._touched.pop(digest, None)
 
     def touch(self, digest: Digest) -> None:
@@ -393,5 +520,31 @@ class SQLiteIndex:
                 "UPDATE blobs SET last_access = MAX(last_access, ?), hits = hits + ?"
                 " WHERE digest = ?",
                 [(ts, hits, digest) for digest, (ts, hits) in batch.items()],
-            )
+            ),
+            write=True,
         )
+
+
+def _ids(db: sqlite3.Connection, repos: list[str]) -> set[int]:
+    ids: set[int] = set()
+    for repo in repos:
+        row = db.execute("SELECT id FROM repositories WHERE name = ?", (repo,)).fetchone()
+        if row is not None:
+            ids.add(int(row[0]))
+    return ids
+
+
+def _delete_rows(db: sqlite3.Connection, digest: str) -> None:
+    row = (digest,)
+    db.execute("DELETE FROM tags WHERE digest = ?", row)
+    db.execute("DELETE FROM manifest_refs WHERE manifest = ?", row)
+    db.execute("DELETE FROM manifests WHERE digest = ?", row)
+    db.execute("DELETE FROM repo_content WHERE digest = ?", row)
+    db.execute("DELETE FROM blobs WHERE digest = ?", row)
+
+
+def _drop_empty_repositories(db: sqlite3.Connection) -> None:
+    db.execute(
+        "DELETE FROM repositories WHERE id NOT IN (SELECT repo_id FROM tags)"
+        " AND id NOT IN (SELECT repo_id FROM repo_content)"
+    )

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -90,14 +90,28 @@ class ManifestUnacceptable(Exception):
 
 
 class _ManifestMemory:
-    """Manifest bodies by digest, LRU, bounded in bytes: digest requests never touch disk."""
+    """Manifest bodies by digest, LRU, bounded in bytes: digest requests never touch disk.
+    Emptied when ``generation`` changes (an operator command removed content): a body
+    is never served from memory after its file and row are gone."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, generation: Callable[[], bytes]) -> None:
         self._items: OrderedDict[Digest, tuple[str, bytes]] = OrderedDict()
         self._bytes = 0
         self._limit = limit
+        self._generation = generation
+        self._seen = generation()
+
+    def current(self) -> bytes:
+        """The generation, forgetting everything if it changed; pass it to :meth:`put`."""
+        now = self._generation()
+        if now != self._seen:
+            self._items.clear()
+            self._bytes = 0
+            self._seen = now
+        return now
 
     def get(self, digest: Digest) -> tuple[str, bytes] | None:
+        self.current()
         item = self._items.get(digest)
         if item is not None:
             self._items.move_to_end(digest)
@@ -109,8 +123,9 @@ class _ManifestMemory:
             if item is not None:
                 self._bytes -= len(item[1])
 
-    def put(self, digest: Digest, media_type: str, body: bytes) -> None:
-        if digest in self._items or len(body) > self._limit // 4:
+    def put(self, digest: Digest, media_type: str, body: bytes, generation: bytes) -> None:
+        """Remember a body read or stored under ``generation`` (if that is still current)."""
+        if self.current() != generation or digest in self._items or len(body) > self._limit // 4:
             return
         self._items[digest] = (media_type, body)
         self._bytes += len(body)
@@ -135,7 +150,7 @@ class Mirror:
         self.index = index
         self.router = router
         self.default_platform = default_platform
-        self._memory = _ManifestMemory(MANIFEST_MEMORY)
+        self._memory = _ManifestMemory(MANIFEST_MEMORY, index.generation)
         self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
         # Keyed by what is really fetched (repository and digest): a repository where the
         # digest is missing or slow never fails requests through another one.
@@ -378,6 +393,7 @@ class Mirror:
         if remembered is not None:
             media_type, body = remembered
             return Manifest(digest, media_type, len(body), body)
+        generation = self._memory.current()
         record = await self.index.get_manifest(digest)
         if record is None:
             return None
@@ -390,7 +406,7 @@ class Mirror:
             if stored is not None:
                 log.error("cached manifest %s is corrupt; fetching it again", digest)
             return None
-        self._memory.put(digest, record.media_type, stored)
+        self._memory.put(digest, record.media_type, stored, generation)
         return Manifest(digest, record.media_type, len(stored), stored)
 
     async def _fetch_manifest(
@@ -427,6 +443,7 @@ class Mirror:
     async def _store_manifest(
         self, route: Route, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
     ) -> bool:
+        generation = self._memory.current()
         try:
             staged = await self.store.begin_write()
             try:
@@ -436,9 +453,14 @@ class Mirror:
                 await staged.abort()
                 raise
             record = ManifestRecord(digest, media_type, len(body))
-            await self.index.put_manifest(route.key, record, refs)
+            try:
+                await self.index.put_manifest(route.key, record, refs)
+            except IndexError_:
+                # Never leave a file the index does not know of (as for blobs).
+                await self.store.delete(digest)
+                raise
             self.evictor.added(info.disk)
-            self._memory.put(digest, media_type, body)
+            self._memory.put(digest, media_type, body, generation)
             # What the manifest references is served under this repository too.
             await self._links.link(route.key, digest)
         except (StorageError, IndexError_) as exc:

@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 import aiohttp
 from yarl import URL
 
-from registry_mirror.config import OutboundProxy, redact_url
+from registry_mirror.config import OutboundProxy, mask_url
 from registry_mirror.media_types import MANIFEST_ACCEPT
 from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.upstream.auth import Challenge, TokenCache, parse_challenge
@@ -146,7 +146,7 @@ class Upstream:
     def proxy_description(self) -> str | None:
         """The forward proxy of the upstream's own URL, fit for a log (no credentials)."""
         chosen = self._proxy.for_url(self.url.scheme, self.url.host or "", self.url.port)
-        return None if chosen is None else redact_url(chosen)
+        return None if chosen is None else mask_url(chosen)
 
     # --- the distribution API -------------------------------------------------
 
