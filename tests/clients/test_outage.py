@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,6 +72,18 @@ def outage(proxy: FaultyProxy) -> Iterator[None]:
         proxy.start()
 
 
+def wait_until_upstream_answers(client: httpx.Client, repo: str, tag: str) -> None:
+    """After an outage the upstream's circuit breaker stays open for its backoff (5 s,
+    doubling while probes fail): wait until a tag check reaches upstream again."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        r = client.head(f"/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT})
+        if r.status_code == 200 and "Warning" not in r.headers:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"upstream still treated as down for {repo}:{tag}")
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -104,6 +117,7 @@ def test_skopeo_pulls_from_the_cache_in_an_outage_and_after_the_tag_moved(
         assert_same_image(skopeo_dir(mirror.host, f"{repo}:1", tmp_path / "down"), old)
         assert_tag_answer(client, repo, "1", old.digest, stale=True)
     new = push_image(upstream.url, repo, "1", layers=[70_000], seed=82)
+    wait_until_upstream_answers(client, repo, "1")
     assert_same_image(skopeo_dir(mirror.host, f"{repo}:1", tmp_path / "moved"), new)
     with outage(proxy):
         assert_same_image(skopeo_dir(mirror.host, f"{repo}:1", tmp_path / "down2"), new)
@@ -148,6 +162,7 @@ def test_docker_engine_pulls_from_the_cache_in_an_outage_and_after_the_tag_moved
     with outage(proxy):
         assert docker_pull(client, repo, "1", old).headers["Warning"] == STALE
     new = push(upstream.url, repo, "1", layers=[50_000], seed=84)
+    wait_until_upstream_answers(client, repo, "1")
     assert new.digest != old.digest
     docker_pull(client, repo, "1", new)
     with outage(proxy):
@@ -184,6 +199,7 @@ def test_kaniko_pulls_from_the_cache_in_an_outage_and_after_the_tag_moved(
     with outage(proxy):
         assert kaniko_pull(client, repo, "base", old).headers["Warning"] == STALE
     new = push_index(upstream.url, repo, "base", layers=[35_000], seed=86)
+    wait_until_upstream_answers(client, repo, "base")
     kaniko_pull(client, repo, "base", new)
     with outage(proxy):
         assert kaniko_pull(client, repo, "base", new).headers["Warning"] == STALE
@@ -231,6 +247,7 @@ def test_containerd_pulls_from_the_cache_in_an_outage_and_after_the_tag_moved(
             assert set(old.blobs) <= ctr.content()
             assert_tag_answer(client, repo, "1", old.digest, stale=True)
     new = push_image(upstream.url, repo, "1", layers=[90_000, 9_500], seed=88)
+    wait_until_upstream_answers(client, repo, "1")
     with fresh_containerd("c2") as ctr:
         ctr.pull(ref)  # resolved with HEAD, as containerd does
         assert ctr.images()[ref][1] == new.digest

@@ -203,7 +203,7 @@ def test_tags_are_per_registry_and_blobs_shared(
 def test_configuration_errors_for_upstreams(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
     path.write_text(yaml.safe_dump({"upstreams": [{"name": "docker.io", "url": "https://x"}]}))
-    with pytest.raises(ConfigError, match=r"name .docker\.io. is given to"):
+    with pytest.raises(ConfigError, match=r"'docker\.io' names both proxy"):
         load_settings(environ={}, config_file=path)
     path.write_text(yaml.safe_dump({"upstreams": [{"url": "https://x"}]}))
     with pytest.raises(ConfigError, match=r"upstreams\.0\.name"):

@@ -28,6 +28,7 @@ class RepoLinks:
         self._index = index
         self._known: OrderedDict[str, None] = OrderedDict()
         self._limit = remembered
+        self._generation = index.generation()
 
     def __repr__(self) -> str:
         return f"<RepoLinks {len(self._known)} remembered>"
@@ -47,6 +48,12 @@ class RepoLinks:
     async def linked(self, repo: str, digest: Digest) -> bool:
         """Whether ``digest`` may be served under ``repo`` from the cache."""
         key = self._key(repo, str(digest))
+        generation = self._index.generation()
+        if generation != self._generation:
+            # Another process (prune, verify --repair) changed the index: links it removed
+            # must not live on here.
+            self._known.clear()
+            self._generation = generation
         if key in self._known:
             self._known.move_to_end(key)
             return True
