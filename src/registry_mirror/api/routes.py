@@ -8,7 +8,6 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
@@ -43,6 +42,8 @@ MAX_PATH: Final = 1024
 CATALOG_DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 10_000
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
+STALE_WARNING: Final = '110 - "served from cache: upstream unavailable"'
+TRUNCATED_WARNING: Final = '199 - "tag list truncated: upstream has more pages than are read"'
 
 
 def setup_routes(app: web.Application) -> None:
@@ -142,7 +143,7 @@ def _manifest_headers(found: Manifest) -> dict[str, str]:
         "ETag": f'"{found.digest}"',
     }
     if found.stale:
-        headers["Warning"] = '110 - "served from cache: upstream unavailable"'
+        headers["Warning"] = STALE_WARNING
     return headers
 
 
@@ -219,7 +220,7 @@ async def _serve_source(
         assert end is not None
         if _plain_tcp(request):
             try:
-                fd = await _open_file(source.path)
+                fd = await _open_file(mirror, digest)
             except FileNotFoundError:
                 raise _Evicted from None
             return await _send_file(request, response, fd, start, end - start)
@@ -231,7 +232,9 @@ async def _serve_source(
                 if await mirror.store.stat(digest) is None:
                     raise _Evicted from None
                 raise
-            return await _send_stream(request, response, first, chunks, end - start)
+            body = _after(first, chunks)
+            async with _closing(body):
+                return await _send_stream(request, response, body, str(digest), end - start)
 
 
 @contextlib.asynccontextmanager
@@ -272,9 +275,10 @@ def _plain_tcp(request: web.Request) -> bool:
     )
 
 
-async def _open_file(path: Path) -> int:
-    """A read descriptor of ``path``, opened in a thread; never lost to a cancellation."""
-    opening = asyncio.ensure_future(asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC))
+async def _open_file(mirror: Mirror, digest: Digest) -> int:
+    """A read descriptor of the cached file, opened on the store's read threads; never
+    lost to a cancellation."""
+    opening = asyncio.ensure_future(mirror.store.open_local(digest))
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
@@ -319,8 +323,7 @@ async def _send_file(
         await response.write_eof()
     except ConnectionError as exc:
         log.debug("client went away during %s: %s", request.path, exc)
-        if request.transport is not None:
-            request.transport.abort()
+        _abort(request)
     finally:
         os.close(fd)
     return response
@@ -329,29 +332,35 @@ async def _send_file(
 async def _send_stream(
     request: web.Request,
     response: web.StreamResponse,
-    first: bytes,
     chunks: AsyncIterator[bytes],
-    count: int,
+    what: str,
+    count: int | None = None,
 ) -> web.StreamResponse:
-    """A cache hit under TLS: ``count`` bytes of the file streamed through the TLS
-    transport. A file shorter than that raises StorageError (the connection is cut)."""
+    """Stream a body: a miss as its bytes arrive from upstream, or a cache hit through
+    the TLS transport (``count`` bytes: a file shorter than that raises StorageError, and
+    the connection is cut). A fill that fails, or a client lost or stalled on the way,
+    aborts the connection: a response is never completed with bad or missing bytes."""
     await response.prepare(request)
     request[BODY_BYTES] = 0
     try:
-        if first:
-            await _write(request, response, first)
-            request[BODY_BYTES] += len(first)
         async for chunk in chunks:
             await _write(request, response, chunk)
             request[BODY_BYTES] += len(chunk)
-        if request[BODY_BYTES] != count:
+        if count is not None and request[BODY_BYTES] != count:
             raise StorageError(f"cached file ended after {request[BODY_BYTES]} of {count} bytes")
         await response.write_eof()
-    except ConnectionError as exc:
-        log.debug("client went away during %s: %s", request.path, exc)
-        if request.transport is not None:
-            request.transport.abort()
+    except FillFailed as exc:
+        log.warning("aborting response for %s: %s", what, exc)
+        _abort(request)
+    except ConnectionError as exc:  # reset, broken pipe, stalled, lost while paused
+        log.debug("client went away during %s: %s", what, exc)
+        _abort(request)
     return response
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 async def _send_live(
@@ -361,29 +370,19 @@ async def _send_live(
     start: int,
     end: int | None,
 ) -> web.StreamResponse:
-    """A miss: stream the bytes as they arrive from upstream; abort if it fails."""
+    """A miss: the bytes as they arrive from upstream (a fill, or a direct download)."""
     assert source.live is not None
     chunks = source.live.stream(start, end)
     async with _closing(chunks):
-        await response.prepare(request)
-        request[BODY_BYTES] = 0
-        try:
-            async for chunk in chunks:
-                await _write(request, response, chunk)
-                request[BODY_BYTES] += len(chunk)
-        except FillFailed as exc:
-            log.warning("aborting response for %s: %s", source.digest, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        except ConnectionError as exc:  # reset, broken pipe, stalled, lost while paused
-            log.debug("client went away during %s: %s", source.digest, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
-    return response
+        return await _send_stream(request, response, chunks, str(source.digest))
+
+
+async def _after(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``first`` (already read), then the rest of ``chunks``."""
+    if first:
+        yield first
+    async for chunk in chunks:
+        yield chunk
 
 
 # --- listings --------------------------------------------------------------------
@@ -412,12 +411,11 @@ def _paginate(
     page = items[:n]
     if not page:
         return page, None
-    link = f'<{request.path}?last={quote(page[-1], safe="")}&n={n}>; rel="next"'
-    return page, link
-
-
-STALE_WARNING: Final = '110 - "served from cache: upstream unavailable"'
-TRUNCATED_WARNING: Final = '199 - "tag list truncated: upstream has more pages than are read"'
+    query = f"last={quote(page[-1], safe='')}&n={n}"
+    namespace = request.query.get("ns")
+    if namespace:  # containerd's ?ns= names the registry: the next page needs it too
+        query += f"&ns={quote(namespace, safe='')}"
+    return page, f'<{request.path}?{query}>; rel="next"'
 
 
 async def tags(request: web.Request, name: str) -> web.StreamResponse:
@@ -432,9 +430,6 @@ async def tags(request: web.Request, name: str) -> web.StreamResponse:
         text=json.dumps({"name": name, "tags": page}), content_type="application/json"
     )
     if link:
-        namespace = request.query.get("ns")
-        if namespace:  # containerd's ?ns= names the registry: the next page needs it too
-            link = link.replace(">;", f"&ns={quote(namespace, safe='')}>;", 1)
         response.headers["Link"] = link
     if listing.stale:
         response.headers.add("Warning", STALE_WARNING)

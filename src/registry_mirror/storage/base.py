@@ -118,6 +118,11 @@ class BlobStore(Protocol):
         """A local file for zero-copy serving (sendfile), if this store has one."""
         ...
 
+    async def open_local(self, digest: Digest) -> int:
+        """A read descriptor of that local file (the caller closes it), opened on the
+        store's own threads; FileNotFoundError if it is gone."""
+        ...
+
     async def close(self) -> None:
         """Release what the store holds (its I/O threads); nothing works after."""
         ...

@@ -110,6 +110,9 @@ class FilesystemBlobStore:
     def local_path(self, digest: Digest) -> Path | None:
         return self.path_for(digest)
 
+    async def open_local(self, digest: Digest) -> int:
+        return await self._read_io(os.open, self.path_for(digest), os.O_RDONLY | os.O_CLOEXEC)
+
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
