@@ -293,7 +293,7 @@ class SQLiteIndex:
             )
             return reached
 
-        return await self._run(put)
+        return await self._run(put, write=True)
 
     async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None:
         await self._run(lambda db: self._add_content(db, repo, digest, size), write=True)
@@ -357,55 +357,18 @@ class SQLiteIndex:
     async def remove(self, digests: list[str]) -> None:
         if not digests:
             return
-        rows = [(digest,) for digest in digests]
 
         def delete(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM tags WHERE digest = ?", rows)
-            db.executemany("DELETE FROM manifest_refs WHERE manifest = ?", rows)
-            db.executemany("DELETE FROM manifests WHERE digest = ?", rows)
-            db.executemany("DELETE FROM repo_content WHERE digest = ?", rows)
-            db.executemany("DELETE FROM blobs WHERE digest = ?", rows)
-            db.execute(
-                "DELETE FROM repositories WHERE id NOT IN (SELECT repo_id FROM tags)"
-                " AND id NOT IN (SELECT repo_id FROM repo_content)"
-            )
+            _delete_rows(db, digests)
+            _drop_empty_repositories(db)
 
         await self._run(delete, write=True)
         self._forget(digests)
 
     async def evict(self, digests: list[str]) -> list[str]:
-        gone: list[str] = []
-
-        def delete(db: sqlite3.Connection) -> None:
-            pending = list(digests)
-            while pending:
-                kept: list[str] = []
-                for digest in pending:
-                    # Still referenced by a manifest that stays (one stored since the plan
-                    # was made): keep it. Parents usually come before their children; a
-                    # child met first is tried again once its parent went.
-                    if db.execute(
-                        "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (digest,)
-                    ).fetchone():
-                        kept.append(digest)
-                        continue
-                    row = (digest,)
-                    db.execute("DELETE FROM tags WHERE digest = ?", row)
-                    db.execute("DELETE FROM manifest_refs WHERE manifest = ?", row)
-                    db.execute("DELETE FROM manifests WHERE digest = ?", row)
-                    db.execute("DELETE FROM repo_content WHERE digest = ?", row)
-                    db.execute("DELETE FROM blobs WHERE digest = ?", row)
-                    gone.append(digest)
-                if len(kept) == len(pending):
-                    break
-                pending = kept
-            db.execute(
-                "DELETE FROM repositories WHERE id NOT IN (SELECT repo_id FROM tags)"
-                " AND id NOT IN (SELECT repo_id FROM repo_content)"
-            )
-
-        if digests:
-            await self._run(delete, write=True)
+        if not digests:
+            return []
+        gone = await self._run(lambda db: _remove_unreferenced(db, digests, None), write=True)
         self._forget(gone)
         return gone
 
@@ -429,28 +392,8 @@ class SQLiteIndex:
         repository outside it tags or links it. Returns the digests removed."""
 
         def delete(db: sqlite3.Connection) -> list[str]:
-            inside = _ids(db, scope or [])
-            removed = []
-            for digest in digests:
-                if db.execute(
-                    "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (digest,)
-                ).fetchone():
-                    continue
-                if scope is not None:
-                    users = {
-                        int(row[0])
-                        for row in db.execute(
-                            "SELECT repo_id FROM tags WHERE digest = ?"
-                            " UNION SELECT repo_id FROM repo_content WHERE digest = ?",
-                            (digest, digest),
-                        )
-                    }
-                    if users - inside:
-                        continue
-                _delete_rows(db, digest)
-                removed.append(digest)
-            _drop_empty_repositories(db)
-            return removed
+            inside = None if scope is None else _ids(db, scope)
+            return _remove_unreferenced(db, digests, inside)
 
         removed = await self._run(delete, write=True)
         self._forget(removed)
@@ -534,13 +477,55 @@ def _ids(db: sqlite3.Connection, repos: list[str]) -> set[int]:
     return ids
 
 
-def _delete_rows(db: sqlite3.Connection, digest: str) -> None:
-    row = (digest,)
-    db.execute("DELETE FROM tags WHERE digest = ?", row)
-    db.execute("DELETE FROM manifest_refs WHERE manifest = ?", row)
-    db.execute("DELETE FROM manifests WHERE digest = ?", row)
-    db.execute("DELETE FROM repo_content WHERE digest = ?", row)
-    db.execute("DELETE FROM blobs WHERE digest = ?", row)
+def _delete_rows(db: sqlite3.Connection, digests: list[str]) -> None:
+    """Every row of these digests: tags naming them, their references, manifest and blob
+    rows, repository links (empty repositories are dropped by the caller)."""
+    rows = [(digest,) for digest in digests]
+    db.executemany("DELETE FROM tags WHERE digest = ?", rows)
+    db.executemany("DELETE FROM manifest_refs WHERE manifest = ?", rows)
+    db.executemany("DELETE FROM manifests WHERE digest = ?", rows)
+    db.executemany("DELETE FROM repo_content WHERE digest = ?", rows)
+    db.executemany("DELETE FROM blobs WHERE digest = ?", rows)
+
+
+def _remove_unreferenced(
+    db: sqlite3.Connection, digests: list[str], inside: set[int] | None
+) -> list[str]:
+    """Delete each digest's rows unless a manifest that stays references it or (with
+    ``inside``, repository ids) a repository outside those tags or links it: checked in
+    the transaction that deletes, so content stored since a plan was made stays. Parents
+    usually come before their children; a child met first is tried again once its parent
+    went. Returns the digests removed, in order."""
+    removed: list[str] = []
+    pending = list(digests)
+    while pending:
+        kept: list[str] = []
+        for digest in pending:
+            referenced = db.execute(
+                "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (digest,)
+            ).fetchone()
+            if referenced or (inside is not None and _users(db, digest) - inside):
+                kept.append(digest)
+                continue
+            _delete_rows(db, [digest])
+            removed.append(digest)
+        if len(kept) == len(pending):
+            break
+        pending = kept
+    _drop_empty_repositories(db)
+    return removed
+
+
+def _users(db: sqlite3.Connection, digest: str) -> set[int]:
+    """The repositories that tag or link ``digest``."""
+    return {
+        int(row[0])
+        for row in db.execute(
+            "SELECT repo_id FROM tags WHERE digest = ?"
+            " UNION SELECT repo_id FROM repo_content WHERE digest = ?",
+            (digest, digest),
+        )
+    }
 
 
 def _drop_empty_repositories(db: sqlite3.Connection) -> None:
