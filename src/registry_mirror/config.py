@@ -41,7 +41,6 @@ __all__ = [
     "Settings",
     "leaf_paths",
     "load_settings",
-    "mask_url",
     "parse_duration",
     "parse_size",
     "redact_url",
@@ -173,13 +172,15 @@ class HTTPSettings(_Section):
     max_header_size: Size = 8190
 
 
-def redact_url(url: str) -> str:
-    """``url`` without its user info (``http://bob:pw@host`` → ``http://host``): for every
-    place a URL is printed, logged or turned into a name."""
+def redact_url(url: str, *, mark: bool = False) -> str:
+    """``url`` without its user info (``http://bob:pw@host`` → ``http://host``, or
+    ``http://***@host`` with ``mark``, for a log line that shows credentials are given):
+    for every place a URL is printed, logged or turned into a name."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}" if mark else host).geturl()
 
 
 def host_port(url: str) -> str:
@@ -284,15 +285,6 @@ class OutboundProxy:
             if name and (host == name or host.endswith("." + name)):
                 return True
         return False
-
-
-def mask_url(url: str) -> str:
-    """A URL fit for a log line: any ``user:password@`` replaced by ``***@``."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = "***@" + parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=netloc).geturl()
 
 
 class _UpstreamCommon(_Section):

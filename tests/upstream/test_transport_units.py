@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry_mirror.config import ConfigError, OutboundProxy, load_settings, mask_url
+from registry_mirror.config import ConfigError, OutboundProxy, load_settings, redact_url
 from registry_mirror.upstream.errors import UpstreamNotFound, UpstreamUnavailable
 from registry_mirror.upstream.transport import Breaker
 
@@ -91,7 +91,8 @@ def test_proxy_settings_from_environment_and_config() -> None:
     assert policy.https == "http://user:pw@proxy.corp:3128"
     assert policy.for_url("https", "registry-1.docker.io", 443) is None  # NO_PROXY=*
     assert "pw" not in repr(policy)
-    assert mask_url("http://user:pw@proxy.corp:3128") == "http://***@proxy.corp:3128"
+    assert redact_url("http://user:pw@proxy.corp:3128", mark=True) == "http://***@proxy.corp:3128"
+    assert redact_url("http://user:pw@proxy.corp:3128") == "http://proxy.corp:3128"
 
     flags = {
         "proxy.proxy": "http://p.corp:8080",

@@ -15,7 +15,7 @@ import math
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 import aiohttp
 from yarl import URL
 
-from registry_mirror.config import OutboundProxy, mask_url
+from registry_mirror.config import OutboundProxy, redact_url
 from registry_mirror.media_types import MANIFEST_ACCEPT
 from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.upstream.auth import Challenge, TokenCache, parse_challenge
@@ -146,7 +146,7 @@ class Upstream:
     def proxy_description(self) -> str | None:
         """The forward proxy of the upstream's own URL, fit for a log (no credentials)."""
         chosen = self._proxy.for_url(self.url.scheme, self.url.host or "", self.url.port)
-        return None if chosen is None else mask_url(chosen)
+        return None if chosen is None else redact_url(chosen, mark=True)
 
     # --- the distribution API -------------------------------------------------
 
@@ -193,12 +193,8 @@ class Upstream:
     async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
         """Open a blob download from ``offset`` (following redirects to a CDN)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        self._negative_check(("blob", repo, str(digest)))
-        try:
+        with self._remembering_refusals(("blob", repo, str(digest))):
             response = await self._request("GET", repo, f"blobs/{digest}", headers, blob=True)
-        except (UpstreamNotFound, UpstreamAuthFailed) as exc:
-            self._negative_put(("blob", repo, str(digest)), exc)
-            raise
         # Layer bytes are never decoded: identity was asked, and a coding announced anyway
         # is either a proxy's (the digest check refuses the result) or a mislabelled
         # gzip layer (the bytes are the layer).
@@ -255,8 +251,7 @@ class Upstream:
     async def _metadata(self, key: tuple[str, str, str], call: Callable[[], Awaitable[T]]) -> T:
         """One metadata request: a remembered 404/refusal answers at once; otherwise it
         goes out (unless the breaker is open) and may take ``metadata_timeout`` in all."""
-        self._negative_check(key)
-        with self.breaker.guard():
+        with self._remembering_refusals(key), self.breaker.guard():
             try:
                 async with asyncio.timeout(self.metadata_timeout):
                     return await call()
@@ -264,9 +259,17 @@ class Upstream:
                 raise UpstreamUnavailable(
                     f"{self.name} did not answer within {self.metadata_timeout:g}s"
                 ) from None
-            except (UpstreamNotFound, UpstreamAuthFailed) as exc:
-                self._negative_put(key, exc)
-                raise
+
+    @contextlib.contextmanager
+    def _remembering_refusals(self, key: tuple[str, str, str]) -> Iterator[None]:
+        """A 404 or a refusal for ``key`` is answered from memory for ``NEGATIVE_TTL``;
+        one raised inside is remembered."""
+        self._negative_check(key)
+        try:
+            yield
+        except (UpstreamNotFound, UpstreamAuthFailed) as exc:
+            self._negative_put(key, exc)
+            raise
 
     def _negative_check(self, key: tuple[str, str, str]) -> None:
         remembered = self._negative.get(key)
