@@ -122,8 +122,8 @@ class Htpasswd:
         self._checked_file = time.monotonic()
         self._key = secrets.token_bytes(32)
         self._remembered: dict[bytes, float] = {}
-        self._dummies: dict[int, bytes] = {}
-        self._dummy = b""
+        self._dummy = b""  # what an unknown user is checked against
+        self._dummy_cost = 0
         self._pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="bcrypt")
         self._pending = 0
         self._reported: object = None  # the last state logged, to log once per change
@@ -133,7 +133,8 @@ class Htpasswd:
             signature, data = _read(path)
         except OSError as exc:
             raise HtpasswdError(f"cannot read htpasswd file {path}: {exc.strerror}") from None
-        self._apply(signature, _parse(path, data))
+        parsed = _parse(path, data)
+        self._install(signature, parsed, _dummy_hash(parsed.cost))
 
     def __repr__(self) -> str:
         return f"<Htpasswd {self.path}: {len(self._users)} users>"
@@ -147,20 +148,12 @@ class Htpasswd:
 
     # -- the file --------------------------------------------------------------------
 
-    def _apply(self, signature: tuple[int, int, int] | None, parsed: _Parsed) -> None:
-        """Install a parsed file; on the event loop (or in ``__init__``)."""
-        dummy = self._dummies.get(parsed.cost)
-        if dummy is None:
-            dummy = _dummy_hash(parsed.cost)
-            self._dummies = {parsed.cost: dummy}
-        self._install(signature, parsed, dummy)
-
     def _install(
         self, signature: tuple[int, int, int] | None, parsed: _Parsed, dummy: bytes
     ) -> None:
         self._users = parsed.users
         self._dummy = dummy
-        self._dummies = {parsed.cost: dummy}
+        self._dummy_cost = parsed.cost
         self._signature = signature
         self._remembered = {}
         self.problems = parsed.problems
@@ -180,7 +173,7 @@ class Htpasswd:
         if signature == self._signature and not force:
             return None
         parsed = _parse(self.path, data)
-        dummy = self._dummies.get(parsed.cost) or _dummy_hash(parsed.cost)
+        dummy = self._dummy if parsed.cost == self._dummy_cost else _dummy_hash(parsed.cost)
         return _Read(signature, parsed, dummy)
 
     async def reload(self, force: bool = True) -> None:
