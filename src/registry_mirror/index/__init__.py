@@ -3,10 +3,19 @@
 from registry_mirror.index.base import (
     CacheItem,
     CacheSnapshot,
+    GenerationWatch,
     Index,
     IndexError_,
     ManifestRecord,
 )
 from registry_mirror.index.sqlite import SQLiteIndex
 
-__all__ = ["CacheItem", "CacheSnapshot", "Index", "IndexError_", "ManifestRecord", "SQLiteIndex"]
+__all__ = [
+    "CacheItem",
+    "CacheSnapshot",
+    "GenerationWatch",
+    "Index",
+    "IndexError_",
+    "ManifestRecord",
+    "SQLiteIndex",
+]

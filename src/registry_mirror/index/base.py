@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from registry_mirror.reference import Digest
 
-__all__ = ["CacheItem", "CacheSnapshot", "Index", "IndexError_", "ManifestRecord"]
+__all__ = [
+    "CacheItem",
+    "CacheSnapshot",
+    "GenerationWatch",
+    "Index",
+    "IndexError_",
+    "ManifestRecord",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +117,26 @@ class Index(Protocol):
     async def flush(self) -> None:
         """Write buffered last-use updates."""
         ...
+
+
+class GenerationWatch:
+    """For a memory of the index (tag → digest, manifest bodies, repository links): it is
+    emptied (``forget``) whenever the index's generation changes, i.e. another process
+    (an operator command) may have removed what it remembers. :meth:`current` returns the
+    generation a value read now belongs to; a value is kept only if that is still current
+    when it is stored (:meth:`still`), so a removal in between is never remembered over."""
+
+    def __init__(self, generation: Callable[[], bytes], forget: Callable[[], None]) -> None:
+        self._generation = generation
+        self._forget = forget
+        self._seen = generation()
+
+    def current(self) -> bytes:
+        now = self._generation()
+        if now != self._seen:
+            self._forget()
+            self._seen = now
+        return now
+
+    def still(self, generation: bytes) -> bool:
+        return self.current() == generation

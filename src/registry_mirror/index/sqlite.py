@@ -11,7 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from registry_mirror.index.base import CacheItem, CacheSnapshot, IndexError_, ManifestRecord
+from registry_mirror.index.base import (
+    CacheItem,
+    CacheSnapshot,
+    GenerationWatch,
+    IndexError_,
+    ManifestRecord,
+)
 from registry_mirror.reference import Digest, parse_digest
 
 __all__ = ["SQLiteIndex"]
@@ -82,7 +88,7 @@ class SQLiteIndex:
         self._touched: dict[str, tuple[float, int]] = {}
         self._tags: dict[tuple[str, str], str] = {}
         self.generation = generation or _no_generation
-        self._tags_generation = self.generation()
+        self._tags_watch = GenerationWatch(self.generation, self._forget_tags)
 
     def __repr__(self) -> str:
         return f"<SQLiteIndex {self.path}>"
@@ -154,14 +160,13 @@ class SQLiteIndex:
         )
         return int(cursor.lastrowid or 0)
 
+    def _forget_tags(self) -> None:
+        self._tags = {}
+
     def _tag_memory(self) -> bytes:
         """The tag memory, emptied if another process changed the index since it was
         filled; returns the generation it now belongs to."""
-        current = self.generation()
-        if current != self._tags_generation:
-            self._tags.clear()
-            self._tags_generation = current
-        return current
+        return self._tags_watch.current()
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
         generation = self._tag_memory()
@@ -211,7 +216,7 @@ class SQLiteIndex:
     def _remember_tag(self, repo: str, tag: str, digest: str, generation: bytes) -> None:
         """The tag → digest memory that keeps unchanged tags off the disk; bounded. What
         was read or written before another process changed the index is not kept."""
-        if self._tag_memory() != generation:
+        if not self._tags_watch.still(generation):
             return
         if len(self._tags) >= MAX_REMEMBERED_TAGS:
             self._tags.clear()

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final
 
-from registry_mirror.index import Index
+from registry_mirror.index import GenerationWatch, Index
 from registry_mirror.reference import Digest
 
 __all__ = ["RepoLinks"]
@@ -28,16 +28,22 @@ class RepoLinks:
         self._index = index
         self._known: OrderedDict[str, None] = OrderedDict()
         self._limit = remembered
-        self._generation = index.generation()
+        # Another process (prune, verify --repair) may remove links: forget them then.
+        self._watch = GenerationWatch(index.generation, self._forget_all)
 
     def __repr__(self) -> str:
         return f"<RepoLinks {len(self._known)} remembered>"
+
+    def _forget_all(self) -> None:
+        self._known = OrderedDict()
 
     @staticmethod
     def _key(repo: str, digest: str) -> str:
         return f"{repo}@{digest}"
 
-    def _remember(self, repo: str, digests: Iterable[str]) -> None:
+    def _remember(self, repo: str, digests: Iterable[str], generation: bytes) -> None:
+        if not self._watch.still(generation):
+            return  # the index changed while it was asked: not remembered over that
         for digest in digests:
             key = self._key(repo, digest)
             self._known[key] = None
@@ -48,23 +54,19 @@ class RepoLinks:
     async def linked(self, repo: str, digest: Digest) -> bool:
         """Whether ``digest`` may be served under ``repo`` from the cache."""
         key = self._key(repo, str(digest))
-        generation = self._index.generation()
-        if generation != self._generation:
-            # Another process (prune, verify --repair) changed the index: links it removed
-            # must not live on here.
-            self._known.clear()
-            self._generation = generation
+        generation = self._watch.current()
         if key in self._known:
             self._known.move_to_end(key)
             return True
         if await self._index.linked(repo, digest):
-            self._remember(repo, [str(digest)])
+            self._remember(repo, [str(digest)], generation)
             return True
         return False
 
     async def link(self, repo: str, digest: Digest) -> None:
         """Link ``digest`` (and what it references, as far as the index knows) to ``repo``."""
-        self._remember(repo, await self._index.link(repo, digest))
+        generation = self._watch.current()
+        self._remember(repo, await self._index.link(repo, digest), generation)
 
     def forget(self, digests: list[str]) -> None:
         """Content left the cache (eviction): its links go with its index rows."""

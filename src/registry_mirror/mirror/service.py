@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from registry_mirror.index import Index, IndexError_, ManifestRecord
+from registry_mirror.index import GenerationWatch, Index, IndexError_, ManifestRecord
 from registry_mirror.logs import ThrottledLog
 from registry_mirror.media_types import (
     IMAGE_TYPES,
@@ -98,17 +98,15 @@ class _ManifestMemory:
         self._items: OrderedDict[Digest, tuple[str, bytes]] = OrderedDict()
         self._bytes = 0
         self._limit = limit
-        self._generation = generation
-        self._seen = generation()
+        self._watch = GenerationWatch(generation, self._clear)
+
+    def _clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
 
     def current(self) -> bytes:
         """The generation, forgetting everything if it changed; pass it to :meth:`put`."""
-        now = self._generation()
-        if now != self._seen:
-            self._items.clear()
-            self._bytes = 0
-            self._seen = now
-        return now
+        return self._watch.current()
 
     def get(self, digest: Digest) -> tuple[str, bytes] | None:
         self.current()
@@ -125,7 +123,9 @@ class _ManifestMemory:
 
     def put(self, digest: Digest, media_type: str, body: bytes, generation: bytes) -> None:
         """Remember a body read or stored under ``generation`` (if that is still current)."""
-        if self.current() != generation or digest in self._items or len(body) > self._limit // 4:
+        if not self._watch.still(generation) or digest in self._items:
+            return
+        if len(body) > self._limit // 4:
             return
         self._items[digest] = (media_type, body)
         self._bytes += len(body)
