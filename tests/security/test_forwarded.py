@@ -14,7 +14,7 @@ import pytest
 from registry_mirror.api.access import MAX_FORWARDED_HOPS
 from tests.conftest import MirrorFactory
 from tests.support.mirror import MirrorProcess
-from tests.support.nginx_front import APPEND, REPLACE, NginxFront
+from tests.support.nginx import APPEND, REPLACE, Nginx, forwarded_for
 from tests.support.registry import RegistryProcess, make_htpasswd_line
 from tests.support.resources import assert_returns_to_baseline, resources
 
@@ -39,11 +39,10 @@ def behind(upstream: RegistryProcess, mirror_factory: MirrorFactory) -> MirrorPr
     return mirror_factory(upstream.url, args=[*ALLOW, *TRUSTED])
 
 
-@pytest.mark.parametrize("forwarded_for", [APPEND, REPLACE])
-def test_forwarded_for_through_nginx(
-    behind: MirrorProcess, tmp_path: Path, forwarded_for: str
-) -> None:
-    with NginxFront(tmp_path / "nginx", behind.host, forwarded_for=forwarded_for) as nginx:
+@pytest.mark.parametrize("header", [APPEND, REPLACE])
+def test_forwarded_for_through_nginx(behind: MirrorProcess, tmp_path: Path, header: str) -> None:
+    front = forwarded_for(header)
+    with Nginx(tmp_path / "nginx", [behind.url], location=front) as nginx:
         assert get(nginx.url, INSIDER) == 200
         assert get(nginx.url, OUTSIDER) == 403
         spoofs = [
@@ -106,7 +105,7 @@ def test_access_log_names_the_client_and_the_user(
         upstream.url,
         args=[*TRUSTED, "--auth-htpasswd-path", str(htpasswd)],
     )
-    with NginxFront(tmp_path / "nginx", mirror.host) as nginx:
+    with Nginx(tmp_path / "nginx", [mirror.url], location=forwarded_for(APPEND)) as nginx:
         transport = httpx.HTTPTransport(local_address=INSIDER)
         with httpx.Client(base_url=nginx.url, transport=transport, trust_env=False) as client:
             assert client.get("/v2/", auth=("carol", "carols-pw")).status_code == 200

@@ -1,32 +1,33 @@
-"""A real nginx reverse proxy on loopback, in front of test servers.
+"""A real nginx reverse proxy on loopback, in front of test servers (upstream registries
+and their token services, or the mirror itself).
 
-One nginx process (``-p`` and ``-c`` in a work directory, ``daemon off``, its pid, error
-log and temporary files there) with one ``server`` per backend, each listening on
+One nginx process (``-p`` and ``-c`` in a work directory, ``daemon off``, its pid, logs
+and temporary files there) with one ``server`` per backend, each listening on
 ``127.0.0.1:<free port>`` and proxying everything to its backend::
 
     with Nginx(tmp_path / "nginx", [registry.url, tokens_url], http=GZIP_JSON) as nginx:
         registry_via_nginx, tokens_via_nginx = nginx.urls
 
-``http`` is extra configuration for the ``http`` block (e.g. :data:`GZIP_JSON`), ``server``
-extra configuration for every ``server`` block.
+    with Nginx(tmp_path / "nginx", [mirror.url], location=forwarded_for(APPEND)) as nginx:
+        ...  # clients reach the mirror through nginx, as behind a reverse proxy
+
+``http`` is extra configuration for the ``http`` block (e.g. :data:`GZIP_JSON`),
+``server`` for every ``server`` block, ``location`` for every ``location`` block (where
+``proxy_set_header`` must go: the location sets ``Host``, which hides any of the levels
+above).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .ports import free_port
+from .process import ServerError, ServerProcess, find_binary
 
-__all__ = ["GZIP_JSON", "Nginx", "NginxError", "nginx_binary"]
+__all__ = ["APPEND", "GZIP_JSON", "REPLACE", "Nginx", "NginxError", "forwarded_for"]
 
 #: Compress every answer (JSON, every manifest type, blobs) to a client that accepts gzip,
 #: whatever the backend said: a reverse proxy set up for web APIs, at its most eager.
@@ -38,18 +39,24 @@ gzip_min_length 1;
 gzip_types *;
 """
 
+APPEND = "$proxy_add_x_forwarded_for"  # the client's header, then the peer nginx saw
+REPLACE = "$remote_addr"  # only the peer nginx saw
 
-class NginxError(RuntimeError):
+
+def forwarded_for(value: str) -> str:
+    """``location`` configuration setting ``X-Forwarded-For`` (:data:`APPEND`,
+    :data:`REPLACE`)."""
+    return f"proxy_set_header X-Forwarded-For {value};"
+
+
+class NginxError(ServerError):
     """nginx failed to start."""
 
 
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
+class Nginx(ServerProcess):
+    name = "nginx"
+    error = NginxError
 
-
-class Nginx:
     def __init__(
         self,
         workdir: Path,
@@ -57,21 +64,21 @@ class Nginx:
         *,
         http: str = "",
         server: str = "",
+        location: str = "",
     ) -> None:
-        self.workdir = Path(workdir)
+        super().__init__(workdir)
         self.backends = [b.rstrip("/") for b in backends]
         self.http = http
         self.server = server
-        self.ports = [free_port() for _ in self.backends]
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.location = location
+        self._ports = [self.port] + [free_port() for _ in self.backends[1:]]
+
+    def ports(self) -> list[int]:
+        return list(self._ports)
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}" for port in self.ports]
-
-    @property
-    def url(self) -> str:
-        return self.urls[0]
+        return [f"http://127.0.0.1:{port}" for port in self._ports]
 
     @property
     def error_log(self) -> Path:
@@ -94,12 +101,14 @@ class Nginx:
             proxy_buffering off;
             proxy_request_buffering off;
             client_max_body_size 0;
+            {self.location}
         }}
         {self.server}
     }}"""
-            for port, backend in zip(self.ports, self.backends, strict=True)
+            for port, backend in zip(self._ports, self.backends, strict=True)
         )
         temp = self.workdir / "temp"
+        # As root the workers would become "nobody", who cannot write the paths here.
         user = "user root root;" if os.geteuid() == 0 else ""
         return f"""
 {user}
@@ -122,28 +131,16 @@ http {{
 }}
 """
 
-    def start(self, timeout: float = 10.0) -> Self:
-        binary = nginx_binary()
+    def prepare(self) -> None:
+        (self.workdir / "temp").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "nginx.conf").write_text(self.config())
+
+    def command(self) -> list[str]:
+        binary = find_binary("nginx", "/usr/sbin/nginx")
         if binary is None:
             raise NginxError("nginx is not installed (make deps)")
-        (self.workdir / "temp").mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nginx.conf"
-        conf.write_text(self.config())
-        self._proc = subprocess.Popen(
-            [binary, "-p", str(self.workdir), "-c", str(conf), "-e", str(self.error_log)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise NginxError(f"nginx exited with {self._proc.returncode}:\n{self.errors()}")
-            if all(_listening(port) for port in self.ports):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise NginxError(f"nginx did not listen within {timeout}s:\n{self.errors()}")
+        return [binary, "-p", str(self.workdir), "-c", str(conf), "-e", str(self.error_log)]
 
     def requests(self) -> list[tuple[str, str, int, str]]:
         """(method, path with query, status, Content-Encoding sent or "") per request."""
@@ -154,34 +151,9 @@ http {{
         found = re.findall(r'^(\S+) "([^"]*)" (\d+) "([^"]*)"$', text, re.MULTILINE)
         return [(m, p, int(s), "" if c == "-" else c) for m, p, s, c in found]
 
-    def errors(self) -> str:
+    def log(self) -> str:
+        """nginx's own messages (start-up errors, proxy errors)."""
         try:
             return self.error_log.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

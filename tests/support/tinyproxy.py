@@ -12,39 +12,24 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from .ports import free_port
+from .process import ServerError, ServerProcess, find_binary
 
-__all__ = ["Tinyproxy", "TinyproxyError", "tinyproxy_binary"]
+__all__ = ["Tinyproxy", "TinyproxyError"]
 
 
-class TinyproxyError(RuntimeError):
+class TinyproxyError(ServerError):
     """tinyproxy failed to start."""
 
 
-def tinyproxy_binary() -> str | None:
-    return shutil.which("tinyproxy") or (
-        "/usr/bin/tinyproxy" if Path("/usr/bin/tinyproxy").exists() else None
-    )
+class Tinyproxy(ServerProcess):
+    name = "tinyproxy"
+    error = TinyproxyError
 
-
-class Tinyproxy:
     def __init__(self, workdir: Path, *, auth: tuple[str, str] | None = None) -> None:
-        self.workdir = Path(workdir)
+        super().__init__(workdir)
         self.auth = auth
-        self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def url_with_auth(self) -> str:
@@ -74,32 +59,14 @@ class Tinyproxy:
             lines.append(f"BasicAuth {self.auth[0]} {self.auth[1]}")
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 10.0) -> Self:
-        binary = tinyproxy_binary()
+    def prepare(self) -> None:
+        (self.workdir / "tinyproxy.conf").write_text(self.config())
+
+    def command(self) -> list[str]:
+        binary = find_binary("tinyproxy", "/usr/bin/tinyproxy")
         if binary is None:
             raise TinyproxyError("tinyproxy is not installed (make deps)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "tinyproxy.conf"
-        conf.write_text(self.config())
-        self._proc = subprocess.Popen(
-            [binary, "-d", "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise TinyproxyError(
-                    f"tinyproxy exited with {self._proc.returncode}:\n{self.log()}"
-                )
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        self.stop()
-        raise TinyproxyError(f"tinyproxy did not listen within {timeout}s:\n{self.log()}")
+        return [binary, "-d", "-c", str(self.workdir / "tinyproxy.conf")]
 
     def log(self) -> str:
         try:
@@ -114,23 +81,3 @@ class Tinyproxy:
     def requested(self, path: str) -> int:
         """How many logged requests have ``path`` in their target."""
         return sum(1 for line in self.requests() if path in line)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
