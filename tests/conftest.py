@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.faulty import FaultyProxy
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
 from tests.support.tls import tls_args
@@ -27,6 +28,14 @@ def upstream(tmp_path: Path) -> Iterator[RegistryProcess]:
     """A real registry standing in for Docker Hub."""
     with RegistryProcess(tmp_path / "upstream") as registry:
         yield registry
+
+
+@pytest.fixture
+def proxy(upstream: RegistryProcess) -> Iterator[FaultyProxy]:
+    """The fault-injecting proxy in front of ``upstream``; a module whose mirror should go
+    through it overrides ``mirror`` with ``mirror_factory(proxy.url)``."""
+    with FaultyProxy(upstream.url) as p:
+        yield p
 
 
 @pytest.fixture

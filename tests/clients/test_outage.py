@@ -40,27 +40,13 @@ from tests.support.images import (
     push_index,
     referenced_blobs,
 )
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import STALE, MirrorProcess
 from tests.support.registry import RegistryProcess
-
-STALE = '110 - "served from cache: upstream unavailable"'
-
-
-@pytest.fixture
-def proxy(upstream: RegistryProcess) -> Iterator[FaultyProxy]:
-    with FaultyProxy(upstream.url) as p:
-        yield p
 
 
 @pytest.fixture
 def mirror(proxy: FaultyProxy, mirror_factory: MirrorFactory) -> MirrorProcess:
     return mirror_factory(proxy.url)
-
-
-@pytest.fixture
-def client(mirror: MirrorProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=mirror.url, timeout=60, trust_env=False) as c:
-        yield c
 
 
 @contextlib.contextmanager

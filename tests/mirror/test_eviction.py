@@ -4,12 +4,10 @@ images, and a full disk (a real small tmpfs)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from registry_mirror.mirror.eviction import Evictor, StorageLimits, apply_plan, 
 from registry_mirror.reference import Digest
 from registry_mirror.storage import FilesystemBlobStore
 from tests.conftest import MirrorFactory
+from tests.support.disks import tmpfs
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
@@ -157,23 +156,6 @@ def test_flood_of_distinct_images_stays_within_quota(
     # Between two evictions the cache may pass the quota by what is being written.
     assert peak <= quota + 400_000
     assert hexes(images[-1]) <= on_disk(mirror)
-
-
-@contextlib.contextmanager
-def tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +21,12 @@ import httpx
 import pytest
 
 from tests.conftest import MirrorFactory
+from tests.support.disks import tmpfs
 from tests.support.faulty import Fault, FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, push_image, sha256_digest
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.resources import LAZY_THREADS, assert_returns_to_baseline, resources
 
 MiB = 1 << 20
 REPO = "library/alpine"
@@ -40,15 +41,17 @@ RATE_LIMIT_HEADERS = {
 
 
 @pytest.fixture
-def proxy(upstream: RegistryProcess) -> Iterator[FaultyProxy]:
-    with FaultyProxy(upstream.url) as p:
-        yield p
-
-
-@pytest.fixture
-def mirror(proxy: FaultyProxy, mirror_factory: MirrorFactory) -> MirrorProcess:
-    """The mirror with the faulty proxy as its upstream (overrides conftest's)."""
-    return mirror_factory(proxy.url)
+def mirror(proxy: FaultyProxy, mirror_factory: MirrorFactory) -> Iterator[MirrorProcess]:
+    """The mirror with the faulty proxy as its upstream (overrides conftest's). After
+    every fault its descriptors, threads and memory come back to where they started
+    (pooled upstream connections may linger a little; lazily started pools stay)."""
+    mirror = mirror_factory(proxy.url)
+    baseline = resources(mirror.pid)
+    yield mirror
+    if mirror.running:
+        assert_returns_to_baseline(
+            mirror.pid, baseline, fd_slack=6, thread_slack=LAZY_THREADS, timeout=30
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -421,20 +424,8 @@ def test_head_of_uncached_blob_asks_upstream_and_downloads_nothing(
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs, for a mirror whose store fails with ENOSPC once it is filled."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill_up(directory: Path) -> None:

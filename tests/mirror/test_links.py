@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,20 +24,8 @@ ACCEPT = {"Accept": MANIFEST_ACCEPT}
 
 
 @pytest.fixture
-def proxy(upstream: RegistryProcess) -> Iterator[FaultyProxy]:
-    with FaultyProxy(upstream.url) as p:
-        yield p
-
-
-@pytest.fixture
 def mirror(proxy: FaultyProxy, mirror_factory: MirrorFactory) -> MirrorProcess:
     return mirror_factory(proxy.url)
-
-
-@pytest.fixture
-def client(mirror: MirrorProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=mirror.url, timeout=60, trust_env=False) as c:
-        yield c
 
 
 def pull(client: httpx.Client, repo: str, image: PushedImage) -> None:

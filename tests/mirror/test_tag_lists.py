@@ -4,7 +4,6 @@ read for all the pages of a listing, and answers that say when they are incomple
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -12,28 +11,15 @@ import pytest
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import push_image
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import STALE, MirrorProcess
 from tests.support.registry import RegistryProcess
 
 TAGS = r"/tags/list$"
-STALE = '110 - "served from cache: upstream unavailable"'
-
-
-@pytest.fixture
-def proxy(upstream: RegistryProcess) -> Iterator[FaultyProxy]:
-    with FaultyProxy(upstream.url) as p:
-        yield p
 
 
 @pytest.fixture
 def mirror(proxy: FaultyProxy, mirror_factory: MirrorFactory) -> MirrorProcess:
     return mirror_factory(proxy.url)
-
-
-@pytest.fixture
-def client(mirror: MirrorProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=mirror.url, timeout=60, trust_env=False) as c:
-        yield c
 
 
 def push_tags(upstream: RegistryProcess, repo: str, tags: list[str]) -> None:

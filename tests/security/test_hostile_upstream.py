@@ -39,6 +39,7 @@ from tests.support.images import (
 )
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.resources import LAZY_THREADS, Resources, assert_returns_to_baseline, resources
 
 MiB = 1 << 20
 BLOB = r"/blobs/sha256:[0-9a-f]{64}$"
@@ -152,6 +153,7 @@ class Stack:
     mirror: MirrorProcess
     listener: RawServer  # a target that must never be contacted
     client: httpx.Client
+    baseline: Resources  # the mirror's, fresh
     log_offset: int = 0
 
 
@@ -165,7 +167,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         MirrorProcess(base / "mirror", proxy.url) as mirror,
         httpx.Client(base_url=mirror.url, timeout=30, trust_env=False) as client,
     ):
-        yield Stack(upstream, proxy, mirror, listener, client)
+        yield Stack(upstream, proxy, mirror, listener, client, baseline=resources(mirror.pid))
 
 
 @pytest.fixture
@@ -178,6 +180,10 @@ def stack(shared: Stack) -> Iterator[Stack]:
     shared.log_offset = shared.mirror.log_path.stat().st_size
     yield shared
     shared.proxy.clear_faults()
+    # Whatever the upstream sent, the mirror holds no more than before it all began.
+    assert_returns_to_baseline(
+        shared.mirror.pid, shared.baseline, fd_slack=6, thread_slack=LAZY_THREADS, timeout=30
+    )
 
 
 @pytest.fixture

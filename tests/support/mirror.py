@@ -16,9 +16,13 @@ from typing import IO, Self
 
 from .ports import free_port
 
-__all__ = ["MirrorError", "MirrorProcess", "mirror_binary"]
+__all__ = ["STALE", "MirrorError", "MirrorProcess", "mirror_binary"]
 
 _PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"})
+
+
+#: The ``Warning`` of an answer from the cache because upstream could not be asked.
+STALE = '110 - "served from cache: upstream unavailable"'
 
 
 class MirrorError(RuntimeError):

@@ -10,8 +10,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-__all__ = ["Resources", "assert_returns_to_baseline", "resources"]
+__all__ = ["LAZY_THREADS", "Resources", "assert_returns_to_baseline", "resources"]
+
+
+#: Threads a mirror starts on first use and keeps, bounded: the store's pools (4 writers,
+#: 8 readers, 1 scanner), bcrypt's 2 and the default pool's few. A baseline taken from a
+#: fresh process allows these on top (``thread_slack=LAZY_THREADS``); a leak grows past.
+LAZY_THREADS: Final = 18
 
 
 @dataclass(frozen=True, slots=True)
