@@ -433,3 +433,45 @@ def test_access_log_counts_manifest_body_bytes_whatever_the_namespace(multi: Mul
         for target in targets
     }
     assert logged == {target: [str(len(image.manifest))] for target in targets}, log
+
+
+def test_a_digest_cached_for_one_registry_is_unknown_under_another(multi: Multi) -> None:
+    """Storage is shared by digest, access never across registries: what the mirror holds
+    for registry.example.com (fetched with bob's credentials) is not served under Docker
+    Hub's or ghcr.io's names, by path prefix or by ?ns=. Their upstreams, which do not have
+    it, are asked with a HEAD; nothing is downloaded for them, nothing leaks."""
+    private = push_three(multi)[EXAMPLE]
+    owner = f"/v2/{EXAMPLE}/{private.repo}"
+    accept = {"Accept": private.media_type}
+    with httpx.Client(base_url=multi.mirror.url, timeout=30, trust_env=False) as client:
+        assert client.get(f"{owner}/manifests/1", headers=accept).content == private.manifest
+        for digest, data in private.blobs.items():
+            assert client.get(f"{owner}/blobs/{digest}").content == data
+        multi.clear_logs()
+        elsewhere = [
+            ("/v2/library/a", {}),
+            ("/v2/ghcr.io/owner/b", {}),
+            ("/v2/owner/b", {"ns": GHCR}),
+        ]
+        for prefix, params in elsewhere:
+            for method in ("GET", "HEAD"):
+                manifest = client.request(
+                    method, f"{prefix}/manifests/{private.digest}", params=params, headers=accept
+                )
+                assert manifest.status_code == 404, (prefix, params, method, manifest.text)
+                assert private.manifest not in manifest.content
+                if method == "GET":
+                    assert manifest.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+                for digest, data in private.blobs.items():
+                    blob = client.request(method, f"{prefix}/blobs/{digest}", params=params)
+                    assert blob.status_code == 404, (prefix, params, method, digest)
+                    assert data not in blob.content
+                    if method == "GET":
+                        assert blob.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        for registry in (HUB, GHCR):
+            upstream = multi.upstreams[registry]
+            assert upstream.count("GET", r"/(blobs|manifests)/sha256:") == 0, registry
+            assert upstream.count("HEAD", r"/blobs/sha256:") >= 1, registry
+        # The owner's registry is not asked again: its content is linked there.
+        assert client.get(f"{owner}/manifests/{private.digest}", headers=accept).status_code == 200
+        assert multi.upstreams[EXAMPLE].count(None, r"/manifests/sha256:") == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.clients.test_outage import docker_pull
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
@@ -78,7 +79,8 @@ def test_pull_through_a_gzip_reverse_proxy(
     mirror_factory: MirrorFactory,
     tmp_path: Path,
 ) -> None:
-    """skopeo pulls through the mirror; tokens and tag lists came gzip-compressed and were
+    """skopeo pulls through the mirror (GET by tag), and a cold mirror serves Docker
+    Engine's HEAD-then-digest pull; tokens and tag lists came gzip-compressed and were
     decoded; manifests and blobs were asked as identity and verified by digest."""
     nginx, tokens, image = gzip_stack
     mirror = mirror_factory(nginx.url)
@@ -93,6 +95,9 @@ def test_pull_through_a_gzip_reverse_proxy(
         assert tags.json()["tags"] == ["1"]
         pull(client, image)
     assert tokens.count(f"repository:{image.repo}:pull") >= 1
+    head_first = mirror_factory(nginx.url, name="head-first")
+    with mirror_client(head_first.url) as client:
+        docker_pull(client, image.repo, image.tag, image)
 
     logged = nginx.requests()
     encoded = {(method, _kind(path)) for method, path, _, coding in logged if coding == "gzip"}
