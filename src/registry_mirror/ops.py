@@ -441,9 +441,7 @@ async def _check_file(
     """Hash one file; a problem, or None when it is sound or simply gone."""
     parsed = parse_digest(digest)
     path = cache.store.path_for(parsed)
-    if not await asyncio.to_thread(path.exists):
-        return Problem("missing", digest, "indexed but no file"), 0
-    ok, length = await cache.store.verify(parsed, progress)
+    ok, length = await cache.store.verify(parsed, progress)  # (False, 0) when there is none
     if not ok and length == 0 and not await asyncio.to_thread(path.exists):
         return Problem("missing", digest, "indexed but no file"), 0
     if not ok:

@@ -35,7 +35,6 @@ from registry_mirror.storage import BlobInfo, BlobStore, StorageError
 from registry_mirror.upstream import (
     MAX_TAG_PAGES,
     ManifestInfo,
-    TagList,
     UpstreamDigestMismatch,
     UpstreamError,
     UpstreamNotFound,
@@ -665,7 +664,7 @@ class Mirror:
 
     async def _list_tags(self, route: Route) -> TagListing:
         tags = await route.upstream.list_tags(route.repo)
-        truncated = isinstance(tags, TagList) and tags.truncated
+        truncated = tags.truncated
         if truncated:
             self._stale_log(
                 f"tags truncated {route.key}",
