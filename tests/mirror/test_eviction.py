@@ -21,7 +21,7 @@ from registry_mirror.mirror.eviction import Evictor, StorageLimits, apply_plan, 
 from registry_mirror.reference import Digest
 from registry_mirror.storage import FilesystemBlobStore
 from tests.conftest import MirrorFactory
-from tests.support.disks import tmpfs
+from tests.support.disks import fill_disk, tmpfs
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
@@ -173,14 +173,7 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
     mirror.log_path = small_disk.parent / "cache.log"
     with mirror:
         pull(mirror, small)
-        filler = small_disk / "filler"
-        with open(filler, "wb") as f:  # take the rest of the disk
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill_disk(small_disk)  # take the rest of the disk
         for _ in range(3):
             pull(mirror, small)  # cache hits keep working
             pull(mirror, large)  # misses are proxied, uncached
@@ -193,19 +186,6 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
         os.sync()
         pull(mirror, large)
         assert hexes(large) <= on_disk(mirror)  # space returned: cached again
-
-
-def fill_disk(mount: Path) -> Path:
-    """Take every free byte of ``mount``; the filler file to remove to give them back."""
-    filler = mount / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def stream_blob(

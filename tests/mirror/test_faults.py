@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import MirrorFactory
-from tests.support.disks import tmpfs
+from tests.support.disks import fill_disk, tmpfs
 from tests.support.faulty import Fault, FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, push_image, sha256_digest
 from tests.support.mirror import MirrorProcess
@@ -428,16 +428,6 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def fill_up(directory: Path) -> None:
-    with open(directory / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-
-
 def test_head_of_a_blob_whose_fill_cannot_be_cached_asks_upstream(
     upstream: RegistryProcess, proxy: FaultyProxy, full_disk: Path
 ) -> None:
@@ -447,7 +437,7 @@ def test_head_of_a_blob_whose_fill_cannot_be_cached_asks_upstream(
     mirror = MirrorProcess(full_disk / "cache", proxy.url)
     mirror.log_path = full_disk.parent / "cache.log"
     with mirror, httpx.Client(base_url=mirror.url, trust_env=False, timeout=60) as client:
-        fill_up(full_disk)
+        fill_disk(full_disk)
         proxy.delay("GET", BLOB, 1.5)
         got: list[Fetched] = []
         getter = threading.Thread(target=lambda: got.append(fetch(client, blob_path(digest))))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["tmpfs"]
+__all__ = ["fill_disk", "tmpfs"]
 
 
 @contextlib.contextmanager
@@ -29,3 +29,16 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(mount: Path) -> Path:
+    """Take every free byte of ``mount``; the filler file to remove to give them back."""
+    filler = mount / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler

@@ -405,13 +405,8 @@ class Upstream:
                     )
                 raw = await _read_decoded(response, MAX_TOKEN_RESPONSE)
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, PrivateAddressRefused):
-                raise UpstreamProtocolError(
-                    f"refused token realm at a non-public address: {exc.os_error};"
-                    " allow_private_redirects permits it"
-                ) from None
-            raise UpstreamUnavailable(
-                f"{self.name}'s token service unreachable: {_describe(exc)}"
+            raise _connect_failed(
+                exc, "token realm at", f"{self.name}'s token service unreachable"
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(
@@ -483,13 +478,8 @@ class Upstream:
                     **self._proxy_args(url),
                 )
             except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc.os_error, PrivateAddressRefused):
-                    raise UpstreamProtocolError(
-                        f"refused redirect to a non-public address: {exc.os_error};"
-                        " allow_private_redirects permits it"
-                    ) from None
-                raise UpstreamUnavailable(
-                    f"{self.name} unreachable ({url.host}): {_describe(exc)}"
+                raise _connect_failed(
+                    exc, "redirect to", f"{self.name} unreachable ({url.host})"
                 ) from exc
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 if attempt == 2:
@@ -553,6 +543,19 @@ class Upstream:
                 self.ratelimit_remaining,
                 self.ratelimit_limit,
             )
+
+
+def _connect_failed(
+    exc: aiohttp.ClientConnectorError, what: str, unreachable: str
+) -> UpstreamError:
+    """No connection: refused by the guarded resolver (a non-public address), or not
+    reachable."""
+    if isinstance(exc.os_error, PrivateAddressRefused):
+        return UpstreamProtocolError(
+            f"refused {what} a non-public address: {exc.os_error};"
+            " allow_private_redirects permits it"
+        )
+    return UpstreamUnavailable(f"{unreachable}: {_describe(exc)}")
 
 
 def _same_origin(a: URL, b: URL) -> bool:
