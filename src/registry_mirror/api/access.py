@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import functools
 import ipaddress
 import math
 import time
@@ -58,6 +59,7 @@ def _networks(specs: list[str]) -> list[Network]:
     return [ipaddress.ip_network(spec, strict=False) for spec in specs]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> Address | None:
     """An address as a peer or a proxy writes it: ``192.0.2.7``, ``2001:db8::1``, with a
     port (``192.0.2.7:5123``, ``[2001:db8::1]:443``); IPv4-mapped IPv6 (a dual-stack
@@ -82,6 +84,14 @@ def parse_address(text: str) -> Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_name(remote: str) -> str:
+    """A peer's address as the client's name (IPv4-mapped IPv6 as IPv4). Cached, as is
+    :func:`parse_address`: every request asks, and a connection makes many requests."""
+    peer = parse_address(remote)
+    return str(peer) if peer is not None else (remote or UNKNOWN_CLIENT)
 
 
 def _in(address: str, networks: list[Network]) -> bool:
@@ -296,11 +306,11 @@ class AccessPolicy:
         ``MAX_FORWARDED_HOPS`` trusted hops, and the client is :data:`UNKNOWN_CLIENT`
         (never the proxy); a chain of trusted proxies only ends at its leftmost hop."""
         remote = request.remote or ""
+        if not self.trusted:
+            return _peer_name(remote)
         peer = parse_address(remote)
-        if peer is None:
-            return remote or UNKNOWN_CLIENT
-        if not self.trusted or not self._trusted(peer):
-            return str(peer)
+        if peer is None or not self._trusted(peer):
+            return _peer_name(remote)
         lines = request.headers.getall("X-Forwarded-For", [])
         if not lines:
             return str(peer)

@@ -23,8 +23,11 @@ BODY_BYTES: Final = "registry_mirror.body_bytes"
 def printable(text: str, limit: int = 200) -> str:
     """``text`` cut to ``limit`` characters, with quotes, backslashes and control
     characters escaped: a field of a one-line record that says what it was."""
+    text = text[:limit]
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # the usual case, without a loop in Python
     out = []
-    for char in text[:limit]:
+    for char in text:
         if char in '"\\':
             out.append("\\" + char)
         elif char.isprintable():
