@@ -59,7 +59,6 @@ def _networks(specs: list[str]) -> list[Network]:
     return [ipaddress.ip_network(spec, strict=False) for spec in specs]
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> Address | None:
     """An address as a peer or a proxy writes it: ``192.0.2.7``, ``2001:db8::1``, with a
     port (``192.0.2.7:5123``, ``[2001:db8::1]:443``); IPv4-mapped IPv6 (a dual-stack
@@ -88,8 +87,8 @@ def parse_address(text: str) -> Address | None:
 
 @functools.lru_cache(maxsize=4096)
 def _peer_name(remote: str) -> str:
-    """A peer's address as the client's name (IPv4-mapped IPv6 as IPv4). Cached, as is
-    :func:`parse_address`: every request asks, and a connection makes many requests."""
+    """A peer's address as the client's name (IPv4-mapped IPv6 as IPv4). Cached: every
+    request asks, and a connection makes many requests (a few hundred KiB at most)."""
     peer = parse_address(remote)
     return str(peer) if peer is not None else (remote or UNKNOWN_CLIENT)
 
