@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,18 +12,22 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import MirrorFactory
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, push_index
 from tests.support.mirror import MirrorProcess, mirror_binary
-from tests.support.registry import RegistryProcess
+from tests.support.registry import RegistryProcess, make_htpasswd_line
+from tests.support.tls import tls_args
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [mirror_binary(), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
         env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
     )
 
@@ -162,3 +167,131 @@ def test_commands_refuse_a_wrong_path(tmp_path: Path) -> None:
         assert result.returncode == 2, command
         assert "no registry-mirror cache at" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_prune_matches_repositories_as_ls_shows_them(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    """``alpine`` is Docker Hub's ``library/alpine`` on the default registry only; an image
+    another repository shares by digest stays, that repository keeps its tag; a pattern
+    matching nothing, a bare number and a destructive run nobody confirmed are errors."""
+    with RegistryProcess(tmp_path / "other") as other:
+        alpine = push_image(upstream.url, "library/alpine", "1", layers=[60_000], seed=21)
+        copy = push_image(upstream.url, "team/copy", "1", layers=[60_000], seed=21)
+        assert copy.digest == alpine.digest  # the same image under another name
+        lone = push_image(upstream.url, "library/lone", "1", layers=[10_000], seed=22)
+        elsewhere = push_image(other.url, "library/alpine", "1", layers=[30_000], seed=23)
+        mirror = mirror_factory(
+            upstream.url,
+            args=["--upstreams", f'[{{"name": "reg.example", "url": "{other.url}"}}]'],
+        )
+        pull(mirror, alpine)
+        pull(mirror, copy)
+        pull(mirror, lone)
+        pull(mirror, MirrorImage.of(elsewhere, "reg.example/library/alpine"))
+        root = str(mirror.root)
+
+        def tags() -> set[tuple[str, str]]:
+            return {(r["repository"], r["tag"]) for r in json.loads(ls(root).stdout)}
+
+        everything = tags()
+        assert everything == {
+            ("docker.io/library/alpine", "1"),
+            ("docker.io/team/copy", "1"),
+            ("docker.io/library/lone", "1"),
+            ("reg.example/library/alpine", "1"),
+        }
+        for wrong, message in [
+            (["--to-size", "20"], "--to-size '20' needs a unit"),
+            (["--older-than", "30"], "--older-than '30' needs a unit"),
+        ]:
+            refused = cli("prune", "--root", root, "--yes", *wrong)
+            assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        nothing = cli("prune", "--root", root, "--yes", "nothing/here")
+        assert nothing.returncode == 1
+        assert "'nothing/here' (docker.io/nothing/here) matches no cached repository" in (
+            nothing.stderr
+        )
+        unconfirmed = cli("prune", "--root", root, "lone")
+        assert unconfirmed.returncode == 2
+        assert "would remove 1 images" in unconfirmed.stdout
+        assert "docker.io/library/lone:1" in unconfirmed.stdout
+        assert "run with --yes" in unconfirmed.stderr
+        assert tags() == everything
+
+        done = cli("prune", "--root", root, "--yes", "alpine")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "removed 0 images" in done.stdout  # all of it is team/copy's too
+        assert "untagging docker.io/library/alpine" in done.stdout
+        assert tags() == everything - {("docker.io/library/alpine", "1")}
+        for digest in alpine.blobs:
+            assert blob_path(mirror, digest).exists()
+        assert cli("verify", "--root", root).returncode == 0
+        pull(mirror, copy)
+
+        done = cli("prune", "--root", root, "--yes", "reg.example/library/alpine", "library/lone")
+        assert "removed 2 images" in done.stdout, done.stdout
+        assert tags() == {("docker.io/team/copy", "1")}
+        assert not any(blob_path(mirror, d).exists() for d in [*elsewhere.blobs, *lone.blobs])
+        assert cli("verify", "--root", root).returncode == 0
+
+
+class MirrorImage:
+    """An image pushed to another upstream, as a client of the mirror names it."""
+
+    @staticmethod
+    def of(image: PushedImage, repo: str) -> PushedImage:
+        return dataclasses.replace(image, repo=repo)
+
+
+def ls(root: str) -> subprocess.CompletedProcess[str]:
+    result = cli("ls", "--root", root, "--json")
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_warm_logs_in_and_verifies_the_mirrors_certificate(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    password = "W4rm-th3-cache"
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(make_htpasswd_line("carol", password) + "\n")
+    tls = tls_args(tmp_path / "tls")
+    ca = tls[1]
+    mirror = mirror_factory(upstream.url, args=[*tls, "--auth-htpasswd-path", str(htpasswd)])
+    push_image(upstream.url, "library/app", "2", layers=[50_000], seed=31)
+    url = mirror.url
+    assert url.startswith("https://")
+
+    anonymous = cli("warm", "--mirror", url, "--ca-cert", ca, "app:2")
+    assert anonymous.returncode == 1 and "401" in anonymous.stdout
+    untrusted = cli("warm", "--mirror", url, "-u", "carol", "-p", password, "app:2")
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout
+
+    in_url = url.replace("https://", f"https://carol:{password}@")
+    logged_in = cli("warm", "--mirror", in_url, "--ca-cert", ca, "app:2")
+    assert logged_in.returncode == 0, logged_in.stdout + logged_in.stderr
+    assert "1 of 1 images warmed" in logged_in.stdout
+    assert f"warmed through {url}" in logged_in.stdout
+    from_stdin = cli(
+        "warm",
+        "--mirror",
+        url,
+        "--ca-cert",
+        ca,
+        "-u",
+        "carol",
+        "--password-stdin",
+        "app:2",
+        stdin=password + "\n",
+    )
+    assert from_stdin.returncode == 0, from_stdin.stdout + from_stdin.stderr
+    unverified = cli("warm", "--mirror", in_url, "--no-tls-verify", "app:2")
+    assert unverified.returncode == 0, unverified.stdout + unverified.stderr
+    wrong = cli(
+        "warm", "--mirror", url.replace("https://", "https://carol:nope@"), "app:2", "--ca-cert", ca
+    )
+    assert wrong.returncode == 1
+    for result in (anonymous, untrusted, logged_in, from_stdin, unverified, wrong):
+        assert password not in result.stdout + result.stderr
+        assert "carol:" not in result.stdout + result.stderr

@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 # Piped output is read by scripts and people alike: never wrap names in tables there.
 out = Console() if sys.stdout.isatty() else Console(width=240)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
