@@ -22,8 +22,7 @@ from registry_mirror.api import (
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, access_middleware
 from registry_mirror.config import Settings
 from registry_mirror.index import Index, SQLiteIndex
-from registry_mirror.mirror import Mirror, Router, UpstreamEntry
-from registry_mirror.mirror.eviction import StorageLimits
+from registry_mirror.mirror import Evictor, Mirror, Pins, Router, StorageLimits, UpstreamEntry
 from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
 from registry_mirror.upstream import Sessions, Upstream
@@ -76,13 +75,13 @@ def create_app(
             sessions = Sessions.create(USER_AGENT)
             router = build_router(settings, sessions)
         storage = settings.storage
+        pins = Pins()
+        limits = StorageLimits(storage.quota, storage.min_free, storage.max_idle)
+        evictor = Evictor(index, store, limits, pins.pinned)
         mirror = Mirror(
-            store,
-            index,
-            router,
-            limits=StorageLimits(storage.quota, storage.min_free, storage.max_idle),
-            max_fetches=settings.limits.upstream_fetches,
+            store, index, router, evictor, pins, max_fetches=settings.limits.upstream_fetches
         )
+        await evictor.start()
         await mirror.start()
         app[MIRROR_KEY] = mirror
         reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
@@ -108,6 +107,7 @@ def create_app(
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            await evictor.stop()
             await mirror.close()
             await asyncio.to_thread(reactor.close)
             await index.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -168,9 +167,9 @@ class Evictor:
         store: BlobStore,
         limits: StorageLimits,
         in_use: Callable[[], Iterable[str]],
-        on_evict: Callable[[list[str]], None] | None = None,
     ) -> None:
-        self._on_evict = on_evict
+        # Told what each eviction removed (memories of the index forget it).
+        self.on_evict: list[Callable[[list[str]], None]] = []
         self.index = index
         self.store = store
         self.limits = limits
@@ -180,8 +179,6 @@ class Evictor:
         self._added_total = 0  # bytes ever added, to count those added during a scan
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.evicted_bytes = 0
-        self.evicted_images = 0
 
     def __repr__(self) -> str:
         return f"<Evictor used={self.used} {self.limits}>"
@@ -200,9 +197,6 @@ class Evictor:
         self._added_total += nbytes
         if self.limits.quota is not None and self.used > self.limits.quota:
             self._wake.set()
-
-    def over_limit(self) -> bool:
-        return self.limits.quota is not None and self.used > self.limits.quota
 
     async def _loop(self) -> None:
         interval = CHECK_INTERVAL
@@ -272,12 +266,10 @@ class Evictor:
             return plan
         sizes = await self.store.disk_sizes([parse_digest(d) for d in plan.digests])
         removed, files = await apply_plan(plan, self.index, self.store)
-        if self._on_evict is not None:
-            self._on_evict(removed)
+        for listener in self.on_evict:
+            listener(removed)
         freed = sum(sizes.get(digest, 0) for digest in removed)
         self.used = max(0, self.used - freed)
-        self.evicted_bytes += freed
-        self.evicted_images += len(plan.images)
         kept = len(plan.digests) - len(removed)
         log.info(
             "evicted %d images (%d files, %d bytes on disk%s); cache now %d bytes",
@@ -288,8 +280,3 @@ class Evictor:
             self.used,
         )
         return plan
-
-
-def disk_bytes(st: os.stat_result) -> int:
-    """Bytes a file occupies on disk (allocated blocks), not its apparent length."""
-    return st.st_blocks * 512

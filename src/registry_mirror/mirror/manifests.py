@@ -1,0 +1,362 @@
+"""Manifests: tags revalidated with upstream, bodies by digest from memory or the cache,
+stale-if-error, negotiation of an index for clients that take none."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from registry_mirror.index import GenerationWatch, Index, IndexError_, ManifestRecord
+from registry_mirror.logs import ThrottledLog
+from registry_mirror.media_types import (
+    IMAGE_TYPES,
+    INDEX_TYPES,
+    Accept,
+    ManifestParseError,
+    Platform,
+    parse_manifest,
+)
+from registry_mirror.mirror.guard import StorageGuard
+from registry_mirror.mirror.presence import Presence
+from registry_mirror.mirror.routing import Route
+from registry_mirror.mirror.singleflight import SingleFlight
+from registry_mirror.reference import Digest, Tag, parse_digest
+from registry_mirror.storage import BlobStore, StorageError
+from registry_mirror.upstream import (
+    ManifestInfo,
+    UpstreamDigestMismatch,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestMemory", "ManifestUnacceptable", "Manifests"]
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
+MANIFEST_MEMORY: Final = 8 * 1024 * 1024  # bytes of manifest bodies kept in memory
+DEFAULT_PLATFORM: Final = Platform("linux", "amd64")
+PENDING_TAG_TTL: Final = 300.0  # a HEAD's tag → digest answer, waiting for that manifest
+MAX_PENDING_TAGS: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: Digest
+    media_type: str
+    size: int
+    body: bytes | None  # None for a HEAD answered from upstream headers alone
+    stale: bool = False  # served from cache because upstream could not be asked
+
+
+class ManifestUnacceptable(Exception):
+    """The manifest exists, but in no form the client's ``Accept`` allows."""
+
+
+class ManifestMemory:
+    """Manifest bodies by digest, LRU, bounded in bytes: digest requests never touch disk.
+    Emptied when ``generation`` changes (an operator command removed content): a body
+    is never served from memory after its file and row are gone."""
+
+    def __init__(self, limit: int, generation: Callable[[], bytes]) -> None:
+        self._items: OrderedDict[Digest, tuple[str, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._limit = limit
+        self._watch = GenerationWatch(generation, self._clear)
+
+    def _clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    def current(self) -> bytes:
+        """The generation, forgetting everything if it changed; pass it to :meth:`put`."""
+        return self._watch.current()
+
+    def get(self, digest: Digest) -> tuple[str, bytes] | None:
+        self.current()
+        item = self._items.get(digest)
+        if item is not None:
+            self._items.move_to_end(digest)
+        return item
+
+    def discard(self, digests: list[str]) -> None:
+        for raw in digests:
+            item = self._items.pop(parse_digest(raw), None)
+            if item is not None:
+                self._bytes -= len(item[1])
+
+    def put(self, digest: Digest, media_type: str, body: bytes, generation: bytes) -> None:
+        """Remember a body read or stored under ``generation`` (if that is still current)."""
+        if not self._watch.still(generation) or digest in self._items:
+            return
+        if len(body) > self._limit // 4:
+            return
+        self._items[digest] = (media_type, body)
+        self._bytes += len(body)
+        while self._bytes > self._limit:
+            _, (_, old) = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+class Manifests:
+    """The manifest policy and its memory of bodies; stored manifests are reported to
+    ``on_stored`` (bytes on disk) for the storage limits."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        presence: Presence,
+        guard: StorageGuard,
+        *,
+        on_stored: Callable[[int], None],
+        default_platform: Platform = DEFAULT_PLATFORM,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.default_platform = default_platform
+        self._presence = presence
+        self._guard = guard
+        self._on_stored = on_stored
+        self._memory = ManifestMemory(MANIFEST_MEMORY, index.generation)
+        self._tag_checks: SingleFlight[tuple[str, str], ManifestInfo] = SingleFlight("tag checks")
+        # Keyed by what is really fetched (repository and digest): a repository where the
+        # digest is missing or slow never fails requests through another one.
+        self._manifest_fetches: SingleFlight[tuple[str, Digest], Manifest] = SingleFlight(
+            "manifest fetches"
+        )
+        # (repository key, tag) → (digest, deadline): a HEAD named the digest, not cached yet
+        self._pending_tags: OrderedDict[tuple[str, str], tuple[Digest, float]] = OrderedDict()
+        self._stale_log = ThrottledLog(log)  # once a minute per repository
+
+    def forget(self, digests: list[str]) -> None:
+        """Content left the cache (eviction): its bodies leave memory."""
+        self._memory.discard(digests)
+
+    async def manifest(
+        self, route: Route, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
+    ) -> Manifest:
+        """The manifest to answer with.
+
+        By tag: always asks upstream (HEAD) which digest the tag points at now;
+        on an upstream outage or rate limit, falls back to the last known mapping;
+        an index is negotiated for ``accept``. By digest: exactly those bytes, never
+        another manifest; from the cache when the digest is linked to the repository,
+        else confirmed with (or fetched from) upstream under that repository.
+        """
+        if accept.only_schema1:
+            raise ManifestUnacceptable(
+                "only schema1 manifests accepted: this mirror serves schema2 and OCI manifests"
+            )
+        if isinstance(reference, Digest):
+            found = await self._by_digest(route, reference)
+            self.index.touch(found.digest)
+            return found
+        manifest = await self._by_tag(route, reference.value, accept, need_body)
+        served = await self._negotiate(route, manifest, accept)
+        self.index.touch(served.digest)
+        if served.digest != manifest.digest:
+            self.index.touch(manifest.digest)
+        return served
+
+    async def _by_tag(self, route: Route, tag: str, accept: Accept, need_body: bool) -> Manifest:
+        """Revalidate the tag with upstream; if upstream cannot answer (down, timing out,
+        rate limiting) at any step, the last manifest cached for the tag is served."""
+        try:
+            return await self._revalidate(route, tag, accept, need_body)
+        except UpstreamNotFound:
+            await self._guard.record(self.index.delete_tag(route.key, tag))
+            raise
+        except (UpstreamUnavailable, UpstreamRateLimited) as exc:
+            stale = await self._stale_by_tag(route, tag)
+            if stale is None:
+                raise
+            self._log_stale(route, tag, exc)
+            return stale
+
+    async def _revalidate(
+        self, route: Route, tag: str, accept: Accept, need_body: bool
+    ) -> Manifest:
+        info = await self._tag_checks.run(
+            (route.key, tag), lambda: route.upstream.head_manifest(route.repo, tag)
+        )
+        if info.digest is None:
+            # An upstream that does not announce digests on HEAD: fetch by tag and hash.
+            return await self._fetch_manifest(route, tag, None, tag=tag)
+        cached = await self._cached_manifest(info.digest)
+        if cached is not None:
+            # Upstream just named it under this repository: linked, and the tag recorded
+            # (whether the client asked with GET or, as Docker and containerd do, HEAD).
+            await self._presence.ensure_linked(route, info.digest)
+            await self._guard.record(self.index.set_tag(route.key, tag, info.digest))
+            return cached
+        # Not cached: the tag is recorded once this digest is (see _store_manifest).
+        self._expect_tag(route, tag, info.digest)
+        answerable = accept.accepts(info.media_type) or accept.wildcard or not accept.types
+        if not need_body and info.media_type not in INDEX_TYPES and info.size and answerable:
+            return Manifest(info.digest, info.media_type, info.size, None)
+        return await self._by_digest(route, info.digest, tag=tag)
+
+    def _expect_tag(self, route: Route, tag: str, digest: Digest) -> None:
+        """Remember, briefly, that upstream said ``tag`` → ``digest``: a client that
+        resolved the tag with HEAD fetches the manifest next by digest."""
+        key = (route.key, tag)
+        self._pending_tags[key] = (digest, time.monotonic() + PENDING_TAG_TTL)
+        self._pending_tags.move_to_end(key)
+        while len(self._pending_tags) > MAX_PENDING_TAGS:
+            self._pending_tags.popitem(last=False)
+
+    async def _settle_tags(self, route: Route, digest: Digest) -> None:
+        """``digest`` is now cached under ``route``: record the tags a recent HEAD named."""
+        now = time.monotonic()
+        settled = [
+            key
+            for key, (expected, deadline) in self._pending_tags.items()
+            if key[0] == route.key and expected == digest and deadline > now
+        ]
+        for key in settled:
+            del self._pending_tags[key]
+            await self._guard.record(self.index.set_tag(route.key, key[1], digest))
+
+    async def _stale_by_tag(self, route: Route, tag: str) -> Manifest | None:
+        digest = await self.index.get_tag(route.key, tag)
+        if digest is None:
+            return None
+        cached = await self._cached_manifest(digest)
+        if cached is None:
+            return None
+        return Manifest(cached.digest, cached.media_type, cached.size, cached.body, stale=True)
+
+    def _log_stale(self, route: Route, tag: str, exc: UpstreamError) -> None:
+        self._stale_log(
+            route.key,
+            logging.WARNING,
+            "upstream unusable (%s); serving %s:%s from cache",
+            exc,
+            route,
+            tag,
+        )
+
+    async def _by_digest(self, route: Route, digest: Digest, tag: str | None = None) -> Manifest:
+        cached = await self._cached_manifest(digest)
+        if cached is not None:
+            # Cached through another repository? Served here only if upstream has it
+            # here too (a HEAD, no download); else MANIFEST_UNKNOWN (or the outage).
+            await self._presence.check(route, digest, manifest=True)
+            return cached
+        return await self._manifest_fetches.run(
+            (route.key, digest), lambda: self._fetch_manifest(route, str(digest), digest, tag=tag)
+        )
+
+    async def _cached_manifest(self, digest: Digest) -> Manifest | None:
+        remembered = self._memory.get(digest)
+        if remembered is not None:
+            media_type, body = remembered
+            return Manifest(digest, media_type, len(body), body)
+        generation = self._memory.current()
+        record = await self.index.get_manifest(digest)
+        if record is None:
+            return None
+        try:
+            stored = await self.store.read_all(digest, MAX_MANIFEST_SIZE)
+        except StorageError as exc:
+            log.error("cached manifest %s unreadable: %s", digest, exc)
+            return None
+        if stored is None or Digest.of(stored, digest.algorithm) != digest:
+            if stored is not None:
+                log.error("cached manifest %s is corrupt; fetching it again", digest)
+            return None
+        self._memory.put(digest, record.media_type, stored, generation)
+        return Manifest(digest, record.media_type, len(stored), stored)
+
+    async def _fetch_manifest(
+        self, route: Route, reference: str, expected: Digest | None, *, tag: str | None
+    ) -> Manifest:
+        info, body = await route.upstream.get_manifest(route.repo, reference)
+        algorithm = expected.algorithm if expected else "sha256"
+        actual = Digest.of(body, algorithm)
+        if expected is not None and actual != expected:
+            raise UpstreamDigestMismatch(f"manifest {route}@{expected} hashed to {actual}")
+        if (
+            expected is None
+            and info.digest is not None
+            and info.digest != Digest.of(body, info.digest.algorithm)
+        ):
+            raise UpstreamDigestMismatch(f"manifest {route}:{reference} does not match its digest")
+        media_type = info.media_type
+        try:
+            parsed = parse_manifest(body, media_type)
+        except ManifestParseError as exc:
+            raise UpstreamProtocolError(f"manifest {route}:{reference}: {exc}") from exc
+        media_type = parsed.media_type
+        if media_type not in INDEX_TYPES | IMAGE_TYPES:
+            # Never store or serve, under this mirror's name, content typed as something
+            # else (text/html from a hostile upstream would be a stored XSS).
+            raise UpstreamProtocolError(
+                f"manifest {route}:{reference} has an unsupported media type {media_type[:80]!r}"
+            )
+        stored = await self._store_manifest(route, actual, media_type, body, parsed.references)
+        if tag is not None and stored:
+            await self._guard.record(self.index.set_tag(route.key, tag, actual))
+        return Manifest(actual, media_type, len(body), body)
+
+    async def _store_manifest(
+        self, route: Route, digest: Digest, media_type: str, body: bytes, refs: list[Digest]
+    ) -> bool:
+        generation = self._memory.current()
+        try:
+            staged = await self.store.begin_write()
+            try:
+                await staged.write(body)
+                info = await staged.commit(digest, len(body))
+            except BaseException:
+                await staged.abort()
+                raise
+            record = ManifestRecord(digest, media_type, len(body))
+            try:
+                await self.index.put_manifest(route.key, record, refs)
+            except IndexError_:
+                # Never leave a file the index does not know of (as for blobs).
+                await self.store.delete(digest)
+                raise
+            self._on_stored(info.disk)
+            self._memory.put(digest, media_type, body, generation)
+            # What the manifest references is served under this repository too.
+            await self._presence.links.link(route.key, digest)
+        except (StorageError, IndexError_) as exc:
+            self._guard.failing(exc)
+            return False
+        await self._settle_tags(route, digest)
+        return True
+
+    async def _negotiate(self, route: Route, manifest: Manifest, accept: Accept) -> Manifest:
+        if manifest.media_type not in INDEX_TYPES or accept.indexes:
+            return manifest
+        # A client that takes no index gets the default platform's image manifest.
+        body = manifest.body
+        if body is None:
+            manifest = await self._by_digest(route, manifest.digest)
+            body = manifest.body
+        assert body is not None
+        try:
+            parsed = parse_manifest(body, manifest.media_type)
+        except ManifestParseError as exc:
+            raise UpstreamProtocolError(f"index {manifest.digest}: {exc}") from exc
+        child = parsed.child_for(self.default_platform)
+        if child is None:
+            raise ManifestUnacceptable(
+                f"the index has no {self.default_platform} manifest and the client accepts no index"
+            )
+        result = await self._by_digest(route, child[0])
+        if result.media_type in INDEX_TYPES:
+            raise ManifestUnacceptable("nested index for the default platform")
+        return Manifest(
+            result.digest, result.media_type, result.size, result.body, stale=manifest.stale
+        )
