@@ -20,11 +20,12 @@ from registry_mirror.api import (
     setup_routes,
 )
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, access_middleware
+from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
-from registry_mirror.index import Index, SQLiteIndex
+from registry_mirror.index import Index
 from registry_mirror.mirror import Evictor, Mirror, Pins, Router, StorageLimits, UpstreamEntry
 from registry_mirror.rootlock import RootLock
-from registry_mirror.storage import BlobStore, FilesystemBlobStore
+from registry_mirror.storage import BlobStore, Staging
 from registry_mirror.upstream import Sessions, Upstream
 
 __all__ = ["create_app"]
@@ -56,71 +57,93 @@ def create_app(
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        nonlocal store, index, router
-        own_store = store is None  # a store given by the caller is the caller's to close
-        # One server per cache root, before anything touches it (see rootlock).
-        lock = await asyncio.to_thread(RootLock, root)
-        if store is None:
-            fs = FilesystemBlobStore(root)
-            await asyncio.to_thread(fs.prepare)
-            store = fs
-        removed = await store.clean_staging()
-        if removed:
-            log.info("removed %d unfinished downloads left by a previous run", removed)
-        if index is None:
-            index = SQLiteIndex(root / "index.db", generation=lock.generation)
-        await index.open()
-        sessions: Sessions | None = None
-        if router is None:
-            sessions = Sessions.create(USER_AGENT)
-            router = build_router(settings, sessions)
-        storage = settings.storage
-        pins = Pins()
-        limits = StorageLimits(storage.quota, storage.min_free, storage.max_idle)
-        evictor = Evictor(index, store, limits, pins.pinned)
-        mirror = Mirror(
-            store, index, router, evictor, pins, max_fetches=settings.limits.upstream_fetches
-        )
-        await evictor.start()
-        await mirror.start()
-        app[MIRROR_KEY] = mirror
-        reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
-        app[SENDFILE_KEY] = reactor
-        flusher = asyncio.create_task(_flush_forever(index))
-        for entry in router.entries:
-            via = entry.upstream.proxy_description()
-            log.info(
-                "mirroring %s as %s%s%s",
-                entry.upstream.url,
-                entry.name,
-                " (default)" if entry is router.default else "",
-                f" via proxy {via}" if via else "",
+        # Every resource is entered in ``stack`` as soon as it exists: a failed start
+        # closes what was opened before it, in reverse order, and so does the stop.
+        async with contextlib.AsyncExitStack() as stack:
+            # One server per cache root, before anything touches it (see rootlock).
+            lock = await asyncio.to_thread(RootLock, root)
+            stack.callback(lock.close)
+            blobs = (
+                store
+                if store is not None
+                else await stack.enter_async_context(open_store(settings))
             )
-        log.info("cache in %s", root)
-        for warning in settings.warnings():
-            log.warning("%s", warning)
-        for name in settings.service_links:
-            log.debug("environment variable %s is a Kubernetes service link: ignored", name)
-        try:
+            if isinstance(blobs, Staging):
+                removed = await blobs.clean_staging()
+                if removed:
+                    log.info("removed %d unfinished downloads left by a previous run", removed)
+            if index is None:
+                opened = await stack.enter_async_context(
+                    open_index(settings, generation=lock.generation)
+                )
+            else:  # given by the caller, closed: opened and closed with the app
+                await index.open()
+                stack.push_async_callback(index.close)
+                opened = index
+            routes = router
+            if routes is None:
+                sessions = Sessions.create(USER_AGENT)
+                stack.push_async_callback(sessions.close)
+                routes = build_router(settings, sessions)
+            app[MIRROR_KEY] = await stack.enter_async_context(
+                _running_mirror(settings, blobs, opened, routes)
+            )
+            reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
+            stack.push_async_callback(asyncio.to_thread, reactor.close)
+            app[SENDFILE_KEY] = reactor
+            flusher = asyncio.create_task(_flush_forever(opened))
+            stack.push_async_callback(_cancel, flusher)
+            _log_start(settings, routes)
             yield
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await evictor.stop()
-            await mirror.close()
-            await asyncio.to_thread(reactor.close)
-            await index.close()
-            if own_store:
-                await store.close()
-            if sessions is not None:
-                await sessions.close()
-            lock.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(add_api_version)
     setup_routes(app)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _running_mirror(
+    settings: Settings, store: BlobStore, index: Index, router: Router
+) -> AsyncIterator[Mirror]:
+    """The mirror and its evictor, started; stopped (downloads cancelled) on exit."""
+    storage = settings.storage
+    pins = Pins()
+    limits = StorageLimits(storage.quota, storage.min_free, storage.max_idle)
+    evictor = Evictor(index, store, limits, pins.pinned)
+    mirror = Mirror(
+        store, index, router, evictor, pins, max_fetches=settings.limits.upstream_fetches
+    )
+    await evictor.start()
+    try:
+        await mirror.start()
+        yield mirror
+    finally:
+        await evictor.stop()
+        await mirror.close()
+
+
+def _log_start(settings: Settings, router: Router) -> None:
+    for entry in router.entries:
+        via = entry.upstream.proxy_description()
+        log.info(
+            "mirroring %s as %s%s%s",
+            entry.upstream.url,
+            entry.name,
+            " (default)" if entry is router.default else "",
+            f" via proxy {via}" if via else "",
+        )
+    log.info("cache in %s", settings.root)
+    for warning in settings.warnings():
+        log.warning("%s", warning)
+    for name in settings.service_links:
+        log.debug("environment variable %s is a Kubernetes service link: ignored", name)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def build_router(settings: Settings, sessions: Sessions) -> Router:

@@ -23,7 +23,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from registry_mirror import __version__
-from registry_mirror import commands as commands_module
 from registry_mirror.api.access import ACCESS_KEY
 from registry_mirror.api.access_log import AccessLogger
 from registry_mirror.api.server import RegistryRunner
@@ -31,6 +30,7 @@ from registry_mirror.app import create_app
 from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.index import IndexError_
+from registry_mirror.maintenance import commands as commands_module
 from registry_mirror.storage import StorageError
 
 __all__ = ["main"]

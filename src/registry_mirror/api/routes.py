@@ -27,7 +27,7 @@ from registry_mirror.reference import (
     parse_reference,
     parse_repo_name,
 )
-from registry_mirror.storage import StorageError
+from registry_mirror.storage import LocalFile, Redirect, StorageError
 
 __all__ = ["MIRROR_KEY", "SENDFILE_KEY", "WRITE_TIMEOUT_KEY", "setup_routes"]
 
@@ -214,13 +214,18 @@ async def _serve_source(
     elif source.size is not None:
         response.content_length = source.size
     start, end = span if span is not None else (0, source.size)
+    delivery = source.delivery
+    if isinstance(delivery, Redirect):
+        # The store serves it (object storage): the client follows, with its Range.
+        moved = {"Location": delivery.url, "Docker-Content-Digest": str(digest)}
+        return web.Response(status=307, headers=moved)
     with mirror.hold(digest):
-        if source.path is None:
+        if delivery is None:
             return await _send_live(request, response, source, start, end)
         assert end is not None
-        if _plain_tcp(request):
+        if isinstance(delivery, LocalFile) and _plain_tcp(request):
             try:
-                fd = await _open_file(mirror, digest)
+                fd = await _open_file(delivery)
             except FileNotFoundError:
                 raise _Evicted from None
             return await _send_file(request, response, fd, start, end - start)
@@ -275,10 +280,10 @@ def _plain_tcp(request: web.Request) -> bool:
     )
 
 
-async def _open_file(mirror: Mirror, digest: Digest) -> int:
-    """A read descriptor of the cached file, opened on the store's read threads; never
-    lost to a cancellation."""
-    opening = asyncio.ensure_future(mirror.store.open_local(digest))
+async def _open_file(local: LocalFile) -> int:
+    """A read descriptor of the cached file, opened by the store (on its own threads);
+    never lost to a cancellation."""
+    opening = asyncio.ensure_future(local.open())
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:

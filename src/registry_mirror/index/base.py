@@ -110,6 +110,26 @@ class Index(Protocol):
         transaction as the delete. Returns what was removed: only those files may go."""
         ...
 
+    async def known(self, digests: list[str]) -> set[str]:
+        """Which of ``digests`` have a row now."""
+        ...
+
+    async def remove_unused(self, digests: list[str], *, scope: list[str] | None) -> list[str]:
+        """Remove each digest's rows, in order, unless (checked inside the transaction)
+        a manifest still references it or, with ``scope`` (repository names), a
+        repository outside it tags or links it. Returns the digests removed."""
+        ...
+
+    async def unlink(self, repos: list[str], digests: list[str]) -> None:
+        """Forget that ``repos`` hold ``digests`` (their tags naming them, their links to
+        them); the content stays for the other repositories. Empty repositories go."""
+        ...
+
+    async def remove_dangling_tags(self, digests: list[str]) -> int:
+        """Delete tags naming one of ``digests`` if (checked in the transaction) no
+        manifest row exists for it. Returns the tags deleted."""
+        ...
+
     def touch(self, digest: Digest) -> None:
         """Note a cache hit (buffered)."""
         ...

@@ -8,7 +8,6 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from registry_mirror.index import Index
@@ -19,7 +18,7 @@ from registry_mirror.mirror.guard import StorageGuard
 from registry_mirror.mirror.presence import Presence
 from registry_mirror.mirror.routing import Route
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobInfo, BlobStore
+from registry_mirror.storage import BlobInfo, BlobStore, Delivery
 from registry_mirror.upstream import UpstreamError
 
 __all__ = ["BlobSource", "Blobs", "Pins"]
@@ -65,7 +64,7 @@ class BlobSource:
 
     digest: Digest
     size: int | None
-    path: Path | None = None
+    delivery: Delivery | None = None  # a committed blob: how the store gives it
     live: BlobFill | DirectBlob | None = None
 
 
@@ -198,11 +197,11 @@ class Blobs:
             return None
         await self._presence.check(route, digest, manifest=False)
         self.index.touch(digest)
-        return BlobSource(digest, info.size, path=self.store.local_path(digest))
+        return BlobSource(digest, info.size, delivery=await self.store.delivery(digest))
 
     async def _blob_committed(self, route: Route, digest: Digest, info: BlobInfo) -> None:
         if await self._guard.record(self.index.put_blob(route.key, digest, info.size)):
-            self._on_stored(info.disk)
+            self._on_stored(info.size)
         else:
             # Never leave a file the index does not know of; the clients still get
             # their (verified) bytes, the blob is just not cached.

@@ -21,9 +21,9 @@ from typing import Final
 
 from registry_mirror.index import CacheSnapshot, Index
 from registry_mirror.reference import parse_digest
-from registry_mirror.storage import BlobStore
+from registry_mirror.storage import BlobStore, Capacity, sizes_on_disk, stored_bytes
 
-__all__ = ["EvictionPlan", "Evictor", "StorageLimits", "plan_eviction"]
+__all__ = ["EvictionPlan", "Evictor", "StorageLimits", "plan_eviction", "used_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,14 @@ async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> tupl
     return removed, files
 
 
+async def used_bytes(store: BlobStore, index: Index) -> int:
+    """Bytes the cache takes: measured on a disk of the store's own, else what the
+    index holds."""
+    if isinstance(store, Capacity):
+        return await store.disk_usage()
+    return sum(item.size for item in (await index.snapshot()).items.values())
+
+
 class Evictor:
     """Keeps the cache within its limits, in the background.
 
@@ -192,7 +200,9 @@ class Evictor:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def added(self, nbytes: int) -> None:
+    def added(self, size: int) -> None:
+        """A blob of ``size`` bytes was stored."""
+        nbytes = stored_bytes(self.store, size)
         self.used += nbytes
         self._added_total += nbytes
         if self.limits.quota is not None and self.used > self.limits.quota:
@@ -224,7 +234,7 @@ class Evictor:
     async def _measure(self, *, first: bool) -> None:
         started = time.monotonic()
         added_before = self._added_total
-        on_disk = await self.store.disk_usage()
+        on_disk = await used_bytes(self.store, self.index)
         # Evictions run in this task, never during the scan; additions may.
         self.used = on_disk + self._added_total - added_before
         self.measured.set()
@@ -240,7 +250,7 @@ class Evictor:
         quota = self.limits.quota
         if quota is not None and self.used > quota:
             need = max(need, self.used - int(quota * LOW_WATERMARK))
-        if self.limits.min_free is not None:
+        if self.limits.min_free is not None and isinstance(self.store, Capacity):
             free = await self.store.free_space()
             if free is not None and free < self.limits.min_free:
                 need = max(need, int(self.limits.min_free * 1.1) - free)
@@ -264,7 +274,7 @@ class Evictor:
             if need > 0:
                 log.warning("over the storage limit by %d bytes, nothing evictable", need)
             return plan
-        sizes = await self.store.disk_sizes([parse_digest(d) for d in plan.digests])
+        sizes = await sizes_on_disk(self.store, [parse_digest(d) for d in plan.digests])
         removed, files = await apply_plan(plan, self.index, self.store)
         for listener in self.on_evict:
             listener(removed)

@@ -326,7 +326,7 @@ class Manifests:
                 # Never leave a file the index does not know of (as for blobs).
                 await self.store.delete(digest)
                 raise
-            self._on_stored(info.disk)
+            self._on_stored(info.size)
             self._memory.put(digest, media_type, body, generation)
             # What the manifest references is served under this repository too.
             await self._presence.links.link(route.key, digest)

@@ -1,21 +1,39 @@
-"""Blob storage: the :class:`BlobStore` seam and its implementations."""
+"""Blob storage: the :class:`BlobStore` seam, its capabilities and implementations."""
 
 from registry_mirror.storage.base import (
     BlobInfo,
     BlobStore,
+    Capacity,
+    Delivery,
     DigestMismatch,
+    LocalFile,
+    LocalFiles,
+    Redirect,
     StagedBlob,
     StagedReader,
+    Staging,
     StorageError,
+    Stream,
+    sizes_on_disk,
+    stored_bytes,
 )
 from registry_mirror.storage.filesystem import FilesystemBlobStore
 
 __all__ = [
     "BlobInfo",
     "BlobStore",
+    "Capacity",
+    "Delivery",
     "DigestMismatch",
     "FilesystemBlobStore",
+    "LocalFile",
+    "LocalFiles",
+    "Redirect",
     "StagedBlob",
     "StagedReader",
+    "Staging",
     "StorageError",
+    "Stream",
+    "sizes_on_disk",
+    "stored_bytes",
 ]

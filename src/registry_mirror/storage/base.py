@@ -1,21 +1,37 @@
-"""The BlobStore seam: bytes by digest, written through a staged, verified commit."""
+"""The BlobStore seam: bytes by digest, written through a staged, verified commit.
+
+The core (:class:`BlobStore`) is what every store does. What only some stores can do is
+an optional capability, a protocol of its own that callers test for with ``isinstance``:
+:class:`LocalFiles` (a descriptor for zero-copy serving), :class:`Capacity` (bytes used
+and free on a disk of its own), :class:`Staging` (leftovers of interrupted writes).
+How a committed blob leaves the server is the store's to say (:meth:`BlobStore.delivery`):
+from a local file, as a stream, or by redirecting the client.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from registry_mirror.reference import Digest
 
 __all__ = [
     "BlobInfo",
     "BlobStore",
+    "Capacity",
+    "Delivery",
     "DigestMismatch",
+    "LocalFile",
+    "LocalFiles",
+    "Redirect",
     "StagedBlob",
     "StagedReader",
+    "Staging",
     "StorageError",
+    "Stream",
+    "sizes_on_disk",
+    "stored_bytes",
 ]
 
 
@@ -23,7 +39,31 @@ __all__ = [
 class BlobInfo:
     digest: Digest
     size: int
-    disk: int = 0  # bytes allocated on disk, when the store knows
+    modified: float | None = None  # when it was committed (seconds since the epoch), if known
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """The blob is a file on this machine: sent zero-copy (sendfile) where the transport
+    allows, else streamed with :meth:`BlobStore.open`."""
+
+    open: Callable[[], Awaitable[int]]  # a read descriptor, the caller's to close;
+    # FileNotFoundError when the file went away since (evicted)
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """The server streams the blob from :meth:`BlobStore.open`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """The client fetches the blob from ``url`` itself (object storage)."""
+
+    url: str
+
+
+Delivery = LocalFile | Stream | Redirect
 
 
 class StorageError(Exception):
@@ -98,6 +138,29 @@ class BlobStore(Protocol):
 
     def iter_digests(self) -> AsyncIterator[Digest]: ...
 
+    async def delivery(self, digest: Digest) -> Delivery:
+        """How a committed blob leaves the server."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the store holds (its I/O threads); nothing works after."""
+        ...
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """A store whose blobs are local files."""
+
+    async def open_local(self, digest: Digest) -> int:
+        """A read descriptor of the blob's file (the caller closes it), opened on the
+        store's own threads; FileNotFoundError if it is gone."""
+        ...
+
+
+@runtime_checkable
+class Capacity(Protocol):
+    """A store on a disk of its own: what the cache takes and what is left."""
+
     async def disk_usage(self) -> int:
         """Bytes on disk of every committed blob (measured, not summed from the index)."""
         ...
@@ -110,19 +173,38 @@ class BlobStore(Protocol):
         """Bytes free for the store on its filesystem, if that means anything."""
         ...
 
-    async def clean_staging(self) -> int:
-        """Remove leftovers of writes interrupted by a crash; returns how many."""
+    def allocated(self, size: int) -> int:
+        """Bytes on disk a blob of ``size`` bytes takes (whole blocks)."""
         ...
 
-    def local_path(self, digest: Digest) -> Path | None:
-        """A local file for zero-copy serving (sendfile), if this store has one."""
+
+@runtime_checkable
+class Staging(Protocol):
+    """A store whose interrupted writes leave something behind."""
+
+    async def staging_leftovers(self, older_than: float) -> list[str]:
+        """Leftovers last written more than ``older_than`` seconds ago, by name."""
         ...
 
-    async def open_local(self, digest: Digest) -> int:
-        """A read descriptor of that local file (the caller closes it), opened on the
-        store's own threads; FileNotFoundError if it is gone."""
+    async def clean_staging(self, older_than: float = 0.0) -> int:
+        """Remove the leftovers last written more than ``older_than`` seconds ago (all of
+        them by default, at start); returns how many."""
         ...
 
-    async def close(self) -> None:
-        """Release what the store holds (its I/O threads); nothing works after."""
-        ...
+
+async def sizes_on_disk(store: BlobStore, digests: list[Digest]) -> dict[str, int]:
+    """Bytes these blobs take (absent ones left out): measured on a disk of the store's
+    own, else their lengths."""
+    if isinstance(store, Capacity):
+        return await store.disk_sizes(digests)
+    sizes: dict[str, int] = {}
+    for digest in digests:
+        info = await store.stat(digest)
+        if info is not None:
+            sizes[str(digest)] = info.size
+    return sizes
+
+
+def stored_bytes(store: BlobStore, size: int) -> int:
+    """What a blob of ``size`` bytes costs the store: whole blocks on a disk of its own."""
+    return store.allocated(size) if isinstance(store, Capacity) else size

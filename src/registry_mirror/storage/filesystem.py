@@ -17,23 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
 from registry_mirror.reference import Digest, parse_digest
-from registry_mirror.storage.base import BlobInfo, DigestMismatch, StorageError
+from registry_mirror.storage.base import BlobInfo, Delivery, DigestMismatch, LocalFile, StorageError
 
 __all__ = ["FilesystemBlobStore"]
 
 READ_CHUNK: Final = 1024 * 1024
 WRITE_THREADS: Final = 4  # writes, fsyncs, commits, deletes
 READ_THREADS: Final = 8  # stat, open, reads of cache hits and of fills in progress
+BLOCK: Final = 4096  # allocation unit, until the filesystem says
 
 T = TypeVar("T")
 
@@ -50,6 +53,7 @@ class FilesystemBlobStore:
         self._reader = ThreadPoolExecutor(read_threads, thread_name_prefix="store-read")
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="store-scan")
         self._closing = threading.Event()  # long walks stop early when the store closes
+        self._block = BLOCK
 
     async def _write_io(self, fn: Callable[..., T], *args: object) -> T:
         return await self._in(self._writer, fn, *args)
@@ -97,6 +101,8 @@ class FilesystemBlobStore:
             raise StorageError(f"cannot create storage under {self.root}: {exc.strerror}") from exc
         if not os.access(self.staging_dir, os.W_OK):
             raise StorageError(f"storage directory {self.root} is not writable")
+        with contextlib.suppress(OSError):
+            self._block = os.statvfs(self.blobs_dir).f_bsize or BLOCK
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
         try:
@@ -105,10 +111,10 @@ class FilesystemBlobStore:
             return None
         except OSError as exc:
             raise StorageError(f"cannot stat {digest}: {exc.strerror}") from exc
-        return BlobInfo(digest, st.st_size)
+        return BlobInfo(digest, st.st_size, st.st_mtime)
 
-    def local_path(self, digest: Digest) -> Path | None:
-        return self.path_for(digest)
+    async def delivery(self, digest: Digest) -> Delivery:
+        return LocalFile(functools.partial(self.open_local, digest))
 
     async def open_local(self, digest: Digest) -> int:
         return await self._read_io(os.open, self.path_for(digest), os.O_RDONLY | os.O_CLOEXEC)
@@ -244,14 +250,33 @@ class FilesystemBlobStore:
             return None
         return st.f_bavail * st.f_frsize
 
-    async def clean_staging(self) -> int:
+    def allocated(self, size: int) -> int:
+        return -(-size // self._block) * self._block
+
+    def _leftovers(self, older_than: float) -> list[str]:
+        """Names in staging last written more than ``older_than`` seconds ago, measured
+        now (one vanishing meanwhile is fine)."""
+        names: list[str] = []
+        try:
+            entries = list(os.scandir(self.staging_dir))
+        except FileNotFoundError:
+            return names
+        now = time.time()
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if older_than <= 0 or now - entry.stat().st_mtime > older_than:
+                    names.append(entry.name)
+        return sorted(names)
+
+    async def staging_leftovers(self, older_than: float) -> list[str]:
+        return await self._scan_io(self._leftovers, older_than)
+
+    async def clean_staging(self, older_than: float = 0.0) -> int:
         def clean() -> int:
             removed = 0
-            if not self.staging_dir.is_dir():
-                return 0
-            for entry in os.scandir(self.staging_dir):
+            for name in self._leftovers(older_than):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+                    os.unlink(self.staging_dir / name)
                     removed += 1
             return removed
 
@@ -267,7 +292,6 @@ class _FilesystemStagedBlob:
         self._fd = fd
         self._hashers: dict[str, hashlib._Hash] = {"sha256": hashlib.sha256()}
         self._written = 0
-        self._disk = 0
         self._closed = False
         self._lock = asyncio.Lock()
 
@@ -322,7 +346,6 @@ class _FilesystemStagedBlob:
                 if actual != expected or (size is not None and size != self._written):
                     return actual
                 os.fsync(self._fd)
-                self._disk = os.fstat(self._fd).st_blocks * 512
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._path, target)
                 dir_fd = os.open(target.parent, os.O_RDONLY)
@@ -342,7 +365,7 @@ class _FilesystemStagedBlob:
                 raise DigestMismatch(expected, actual, self._written, size)
             self._closed = True
             os.close(self._fd)
-            return BlobInfo(expected, self._written, self._disk)
+            return BlobInfo(expected, self._written, time.time())
 
     async def abort(self) -> None:
         async with self._lock:

@@ -1,7 +1,7 @@
 """The operator commands: ``ls``, ``du``, ``prune``, ``verify``, ``warm``.
 
-Thin shells over :mod:`registry_mirror.ops`: arguments in, a table (or JSON) out,
-an exit status that scripts can use.
+Thin shells over the operations of :mod:`registry_mirror.maintenance`: arguments in, a
+table (or JSON) out, an exit status that scripts can use.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from registry_mirror import ops
+from registry_mirror import maintenance as ops
 from registry_mirror.config import Settings, parse_duration, parse_size
 from registry_mirror.index import IndexError_
 from registry_mirror.media_types import Platform
@@ -129,7 +129,7 @@ def _size(n: int | None) -> str:
 
 def _ls(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> list[ops.RepoTag]:
-        async with ops.Cache(settings.root) as cache:
+        async with ops.Cache(settings) as cache:
             return ops.list_tags(await cache.index.snapshot())
 
     rows = _run(go())
@@ -150,7 +150,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
 
 def _du(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> ops.UsageReport:
-        async with ops.Cache(settings.root) as cache:
+        async with ops.Cache(settings) as cache:
             return await ops.usage(cache)
 
     report = _run(go())
@@ -207,7 +207,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     naming = ops.Naming.from_settings(settings)
 
     async def plan() -> ops.PrunePlan:
-        async with ops.Cache(settings.root) as cache:
+        async with ops.Cache(settings) as cache:
             return await ops.plan_prune(
                 cache,
                 older_than=older_than,
@@ -217,7 +217,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
             )
 
     async def apply(chosen: ops.PrunePlan) -> ops.PruneResult:
-        async with ops.Cache(settings.root) as cache:
+        async with ops.Cache(settings) as cache:
             return await ops.prune(cache, chosen)
 
     chosen = _run(plan())
@@ -265,7 +265,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     async def go(progress: Progress) -> tuple[list[ops.Problem], int]:
-        async with ops.Cache(settings.root) as cache:
+        async with ops.Cache(settings) as cache:
             snapshot = await cache.index.snapshot()
             total = sum(item.size for item in snapshot.items.values())
             task = progress.add_task("verifying", total=total)

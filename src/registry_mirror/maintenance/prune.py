@@ -1,0 +1,167 @@
+"""``prune``: remove images by age, by size or by repository, beside a live server."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+
+from registry_mirror.index import CacheSnapshot
+from registry_mirror.maintenance.cache import Cache
+from registry_mirror.maintenance.inventory import Naming, closure
+from registry_mirror.mirror.eviction import EvictionPlan, plan_eviction, used_bytes
+from registry_mirror.reference import parse_digest
+from registry_mirror.storage import sizes_on_disk
+
+__all__ = ["NothingMatches", "PrunePlan", "PruneResult", "plan_prune", "prune"]
+
+
+class NothingMatches(Exception):
+    """A repository pattern given to ``prune`` names no cached repository."""
+
+
+@dataclass(slots=True)
+class PrunePlan:
+    """What ``prune`` removes (files and rows, in order), and which repositories only
+    lose their tags and links because another repository still uses the content."""
+
+    removal: EvictionPlan
+    scope: list[str] | None  # the repositories pruned; None: all
+    unlink: list[str] = field(default_factory=list)  # digests those repositories let go of
+    kept: int = 0  # planned files kept because another repository or image uses them
+    names: dict[str, list[str]] = field(default_factory=dict)  # image → repo:tag
+
+    def __bool__(self) -> bool:
+        return bool(self.removal.digests or self.unlink)
+
+
+async def plan_prune(
+    cache: Cache,
+    *,
+    older_than: float | None,
+    to_size: int | None,
+    repositories: list[str],
+    naming: Naming | None = None,
+) -> PrunePlan:
+    """What ``prune`` removes: images idle for ``older_than``, then LRU images until the
+    cache is down to ``to_size``; limited to images of ``repositories`` when given.
+    Content another repository (or another image) uses stays: the pruned repositories
+    only lose their tags and links to it. A pattern matching nothing raises
+    :class:`NothingMatches`."""
+    naming = naming or Naming()
+    snapshot = await cache.index.snapshot()
+    need = 0
+    if to_size is not None:
+        need = max(0, await used_bytes(cache.store, cache.index) - to_size)
+    scope: list[str] | None = None
+    only = None
+    if repositories:
+        cached = {r for r, _, _ in snapshot.tags} | set(snapshot.content)
+        scope = []
+        for pattern in repositories:
+            key = naming.key(pattern)
+            matched = sorted(r for r in cached if fnmatch.fnmatchcase(r, key))
+            if not matched:
+                raise NothingMatches(f"{pattern!r} ({key}) matches no cached repository")
+            scope += [r for r in matched if r not in scope]
+        inside = set(scope)
+        wanted = _held_by(snapshot, inside)
+        elsewhere = _held_by(snapshot, (set(snapshot.content) | cached) - inside)
+        only = lambda image: image.root in wanted and image.root not in elsewhere  # noqa: E731
+        if older_than is None and to_size is None:
+            need = 1 << 62  # everything of those repositories
+    sizes = await sizes_on_disk(cache.store, [parse_digest(d) for d in snapshot.items])
+    planned = plan_eviction(
+        snapshot, need=need, now=time.time(), max_idle=older_than, only=only, sizes=sizes
+    )
+    removal, kept = _still_used(snapshot, planned, scope, sizes)
+    plan = PrunePlan(removal, scope, kept=kept)
+    held: set[str] = set()
+    if scope is not None:
+        inside = set(scope)
+        if older_than is None and to_size is None:
+            held = _held_by(snapshot, inside)
+        else:  # only what the chosen images hold
+            held = {d for root in planned.images for d in closure(snapshot, root)}
+        plan.unlink = sorted(held - set(removal.digests))
+    for repo, tag, digest in snapshot.tags:
+        if digest in removal.images or (scope is not None and repo in scope and digest in held):
+            plan.names.setdefault(digest, []).append(f"{repo}:{tag}")
+    return plan
+
+
+def _held_by(snapshot: CacheSnapshot, repos: set[str]) -> set[str]:
+    held = {digest for repo, _, digest in snapshot.tags if repo in repos}
+    for repo in repos:
+        held |= snapshot.content.get(repo, set())
+    return held
+
+
+def _still_used(
+    snapshot: CacheSnapshot, plan: EvictionPlan, scope: list[str] | None, sizes: dict[str, int]
+) -> tuple[EvictionPlan, int]:
+    """The plan without what stays in use, checked in removal order as the index does it
+    (:meth:`SQLiteIndex.remove_unused`): referenced by a manifest that stays, or (with
+    ``scope``) tagged or linked by a repository outside it."""
+    parents: dict[str, set[str]] = {}
+    for manifest, children in snapshot.refs.items():
+        for child in children:
+            parents.setdefault(child, set()).add(manifest)
+    users: dict[str, set[str]] = {}
+    for repo, _, digest in snapshot.tags:
+        users.setdefault(digest, set()).add(repo)
+    for repo, digests in snapshot.content.items():
+        for digest in digests:
+            users.setdefault(digest, set()).add(repo)
+    removed: set[str] = set()
+    result = EvictionPlan()
+    kept = 0
+    for digest in plan.digests:
+        if any(p not in removed for p in parents.get(digest, ()) if p in snapshot.items) or (
+            scope is not None and users.get(digest, set()) - set(scope)
+        ):
+            kept += 1
+            continue
+        removed.add(digest)
+        result.digests.append(digest)
+        result.freed += sizes.get(digest, snapshot.items[digest].size)
+    result.images = [root for root in plan.images if root in removed]
+    return result, kept
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    images: int
+    files: int  # files removed
+    freed: int  # bytes on disk
+    kept: int  # planned digests kept because something started using them
+
+
+async def prune(cache: Cache, plan: PrunePlan, *, batch: int = 50) -> PruneResult:
+    """Carry out a plan beside a live server: small index transactions, each re-checking
+    inside that nothing uses the content now, then the files of what really went."""
+    removed_files = freed = 0
+    gone: list[str] = []
+    async with cache.removing() as changed:
+        digests = plan.removal.digests
+        for start in range(0, len(digests), batch):
+            chunk = digests[start : start + batch]
+            removed = await cache.index.remove_unused(chunk, scope=plan.scope)
+            await changed()
+            sizes = await sizes_on_disk(cache.store, [parse_digest(d) for d in removed])
+            for digest in removed:
+                if await cache.store.delete(parse_digest(digest)):
+                    removed_files += 1
+                    freed += sizes.get(digest, 0)
+            gone += removed
+        if plan.scope is not None and plan.unlink:
+            for start in range(0, len(plan.unlink), batch):
+                await cache.index.unlink(plan.scope, plan.unlink[start : start + batch])
+                await changed()
+    went = set(gone)
+    return PruneResult(
+        images=sum(1 for root in plan.removal.images if root in went),
+        files=removed_files,
+        freed=freed,
+        kept=len(plan.removal.digests) - len(gone),
+    )
