@@ -26,7 +26,7 @@ from registry_mirror.mirror import Mirror, Router, UpstreamEntry
 from registry_mirror.mirror.eviction import StorageLimits
 from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, FilesystemBlobStore
-from registry_mirror.upstream import Sessions, Upstream
+from registry_mirror.upstream import RegistryClient, Sessions
 
 __all__ = ["create_app"]
 
@@ -129,7 +129,7 @@ def build_router(settings: Settings, sessions: Sessions) -> Router:
     and circuit breaker, never shared."""
     entries = []
     for config in settings.all_upstreams():
-        upstream = Upstream(
+        upstream = RegistryClient(
             config.base_url,
             sessions,
             name=config.registry_name,
