@@ -26,7 +26,7 @@ from registry_mirror.index import Index
 from registry_mirror.mirror import Evictor, Mirror, Pins, Router, StorageLimits, UpstreamEntry
 from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, Staging
-from registry_mirror.upstream import Sessions, Upstream
+from registry_mirror.upstream import RegistryClient, Sessions
 
 __all__ = ["create_app"]
 
@@ -152,7 +152,7 @@ def build_router(settings: Settings, sessions: Sessions) -> Router:
     and circuit breaker, never shared."""
     entries = []
     for config in settings.all_upstreams():
-        upstream = Upstream(
+        upstream = RegistryClient(
             config.base_url,
             sessions,
             name=config.registry_name,

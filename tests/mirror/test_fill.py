@@ -15,7 +15,7 @@ from registry_mirror.mirror.errors import FillFailed
 from registry_mirror.mirror.fill import BlobFill
 from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.storage import BlobInfo, FilesystemBlobStore
-from registry_mirror.upstream import Upstream
+from registry_mirror.upstream import RegistryClient
 from tests.support.images import push_image
 from tests.support.registry import RegistryProcess
 
@@ -38,7 +38,9 @@ def test_a_client_arriving_just_after_the_commit_reads_the_committed_file(
             committed.append(info.size)
 
         async with aiohttp.ClientSession() as session:
-            entry = UpstreamEntry("docker.io", Upstream(upstream.url, session), dockerhub=True)
+            entry = UpstreamEntry(
+                "docker.io", RegistryClient(upstream.url, session), dockerhub=True
+            )
             fill = BlobFill(digest, Route(entry, "library/late"), store, on_commit)
             await fill.start()
             assert fill.done and fill.error is None and committed == [len(data)]

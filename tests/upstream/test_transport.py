@@ -11,7 +11,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from registry_mirror.reference import parse_digest
-from registry_mirror.upstream import Sessions, Upstream, UpstreamProtocolError
+from registry_mirror.upstream import RegistryClient, Sessions, UpstreamProtocolError
 from tests.support.faulty import FaultyProxy
 from tests.support.images import push_image
 from tests.support.registry import RegistryProcess
@@ -55,7 +55,7 @@ def test_redirect_to_a_name_resolving_to_loopback(upstream: RegistryProcess, all
         async def scenario() -> bytes | Exception:
             sessions = Sessions.create("test", resolver=ScriptedResolver)
             try:
-                client = Upstream(origin.url, sessions, allow_private_redirects=allow)
+                client = RegistryClient(origin.url, sessions, allow_private_redirects=allow)
                 try:
                     stream = await client.get_blob("library/rebind", parse_digest(digest))
                 except UpstreamProtocolError as exc:
