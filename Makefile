@@ -34,4 +34,4 @@ test: venv deps lint
 	$(BIN)/python -m pytest -q
 
 bench: venv deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench
