@@ -38,7 +38,6 @@ STORE_CAPABILITIES: Final[dict[str, frozenset[str]]] = {
     "filesystem": frozenset(CAPABILITY_METHODS),
     "memory": frozenset(),
 }
-INDEXES: Final = ["sqlite", "memory"]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -144,7 +143,9 @@ def _sqlite_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
             await cache.index.remove(digests)
             await changed()
 
-    harness = IndexHarness("sqlite", index, lambda: SQLiteIndex(root / "index.db"), remove_elsewhere)
+    harness = IndexHarness(
+        "sqlite", index, lambda: SQLiteIndex(root / "index.db"), remove_elsewhere
+    )
     return harness, lock.close
 
 
@@ -160,10 +161,16 @@ def _memory_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
     return IndexHarness("memory", index, index.replica, remove_elsewhere), lambda: None
 
 
-@pytest.fixture(params=INDEXES)
+INDEXES: Final[dict[str, Callable[[Path], tuple[IndexHarness, Callable[[], None]]]]] = {
+    "sqlite": _sqlite_index,
+    "memory": _memory_index,
+}
+
+
+@pytest.fixture(params=list(INDEXES))
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexHarness]:
-    make = {"sqlite": _sqlite_index, "memory": _memory_index}[request.param]
-    harness, release = make(tmp_path)
+    """Each index, open and empty; closed after the test."""
+    harness, release = INDEXES[request.param](tmp_path)
     asyncio.run(harness.index.open())
     yield harness
     asyncio.run(harness.index.close())

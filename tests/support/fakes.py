@@ -195,7 +195,7 @@ class _Tables:
             self.manifests.pop(digest, None)
             self.blobs.pop(digest, None)
         for linked in self.content.values():
-            linked -= gone
+            linked.difference_update(gone)
 
     def drop_empty_repositories(self) -> None:
         tagged = {repo for repo, _ in self.tags}
@@ -221,9 +221,7 @@ class _Tables:
         while pending:
             kept: list[str] = []
             for digest in pending:
-                if self.referenced(digest) or (
-                    inside is not None and self.users(digest) - inside
-                ):
+                if self.referenced(digest) or (inside is not None and self.users(digest) - inside):
                     kept.append(digest)
                     continue
                 self.delete_rows([digest])
