@@ -97,26 +97,3 @@ def test_an_index_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(IndexError_, match="newer than this version"):
         asyncio.run(_open_and_close(path))
-
-
-def test_evict_keeps_what_a_manifest_stored_since_the_plan_references(tmp_path: Path) -> None:
-    shared, own, other = Digest.of(b"shared"), Digest.of(b"own"), Digest.of(b"other")
-    old, new = Digest.of(b"old manifest"), Digest.of(b"new manifest")
-
-    async def scenario() -> tuple[list[str], set[str]]:
-        index = SQLiteIndex(tmp_path / "index.db")
-        await index.open()
-        await index.put_manifest("r/a", ManifestRecord(old, "application/x", 1), [shared, own])
-        await index.put_blob("r/a", shared, 1)
-        await index.put_blob("r/a", own, 1)
-        # Stored after the plan [old, shared, own] was made.
-        await index.put_manifest("r/b", ManifestRecord(new, "application/x", 1), [shared, other])
-        await index.put_blob("r/b", shared, 1)
-        gone = await index.evict([str(old), str(shared), str(own)])
-        left = set((await index.snapshot()).items)
-        await index.close()
-        return gone, left
-
-    gone, left = asyncio.run(scenario())
-    assert gone == [str(old), str(own)]
-    assert left == {str(new), str(shared)}
