@@ -19,23 +19,24 @@ from typing import Any, Final
 
 import pytest
 
+from registry_mirror.config import load_settings
 from registry_mirror.index import Index, SQLiteIndex
-from registry_mirror.ops import Cache
+from registry_mirror.maintenance import Cache
 from registry_mirror.reference import Digest
 from registry_mirror.rootlock import RootLock
-from registry_mirror.storage import FilesystemBlobStore
+from registry_mirror.storage import Capacity, FilesystemBlobStore, LocalFiles, Staging
 from tests.support.fakes import MemoryBlobStore, MemoryIndex
 
-LOCAL_FILES: Final = "local files"  # local_path, open_local (sendfile)
-CAPACITY: Final = "capacity"  # disk_usage, disk_sizes, free_space
-STAGING_CLEANUP: Final = "staging cleanup"  # clean_staging
-CAPABILITY_METHODS: Final = {
-    LOCAL_FILES: ("local_path", "open_local"),
-    CAPACITY: ("disk_usage", "disk_sizes", "free_space"),
-    STAGING_CLEANUP: ("clean_staging",),
+LOCAL_FILES: Final = "local files"  # open_local (sendfile)
+CAPACITY: Final = "capacity"  # disk_usage, disk_sizes, free_space, allocated
+STAGING_CLEANUP: Final = "staging cleanup"  # staging_leftovers, clean_staging
+CAPABILITY_PROTOCOLS: Final[dict[str, type]] = {
+    LOCAL_FILES: LocalFiles,
+    CAPACITY: Capacity,
+    STAGING_CLEANUP: Staging,
 }
 STORE_CAPABILITIES: Final[dict[str, frozenset[str]]] = {
-    "filesystem": frozenset(CAPABILITY_METHODS),
+    "filesystem": frozenset(CAPABILITY_PROTOCOLS),
     "memory": frozenset(),
 }
 
@@ -139,7 +140,10 @@ def _sqlite_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
     index = SQLiteIndex(root / "index.db", generation=lock.generation)
 
     async def remove_elsewhere(digests: list[str]) -> None:
-        async with Cache(root) as cache, cache.removing() as changed:
+        settings, _ = load_settings(
+            flags={"storage.filesystem.rootdirectory": str(root)}, environ={}
+        )
+        async with Cache(settings) as cache, cache.removing() as changed:
             await cache.index.remove(digests)
             await changed()
 

@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobInfo, DigestMismatch, StorageError
-from tests.contracts.conftest import CAPABILITY_METHODS, StoreHarness
+from registry_mirror.storage import (
+    BlobInfo,
+    DigestMismatch,
+    LocalFile,
+    LocalFiles,
+    Redirect,
+    StorageError,
+    Stream,
+)
+from tests.contracts.conftest import CAPABILITY_PROTOCOLS, StoreHarness
 
 DATA = os.urandom(50_000)  # several chunks of every store's reads
 DIGEST = Digest.of(DATA)
@@ -28,10 +36,27 @@ async def body(store: Any, digest: Digest, start: int = 0, end: int | None = Non
     return b"".join([chunk async for chunk in store.open(digest, start, end)])
 
 
-def test_declared_capabilities_are_the_methods_it_has(blob_store: StoreHarness) -> None:
-    for capability, methods in CAPABILITY_METHODS.items():
-        has = [hasattr(blob_store.store, method) for method in methods]
-        assert all(has) if capability in blob_store.capabilities else not any(has), capability
+def test_declared_capabilities_are_the_protocols_it_implements(blob_store: StoreHarness) -> None:
+    for capability, protocol in CAPABILITY_PROTOCOLS.items():
+        has = isinstance(blob_store.store, protocol)
+        assert has == (capability in blob_store.capabilities), capability
+
+
+async def test_delivery_says_how_a_committed_blob_leaves(blob_store: StoreHarness) -> None:
+    store = blob_store.store
+    await put(store, DATA)
+    delivery = await store.delivery(DIGEST)
+    assert isinstance(delivery, LocalFile | Stream | Redirect)
+    if isinstance(delivery, LocalFile):  # only a store with local files says so
+        assert isinstance(store, LocalFiles)
+        fd = await delivery.open()
+        try:
+            assert os.pread(fd, len(DATA) + 1, 0) == DATA
+        finally:
+            os.close(fd)
+        await store.delete(DIGEST)
+        with pytest.raises(FileNotFoundError):
+            await delivery.open()
 
 
 async def test_commit_makes_the_blob_visible(blob_store: StoreHarness) -> None:

@@ -412,15 +412,7 @@ async def test_an_index_not_open_says_so(index: IndexHarness) -> None:
         await unopened.flush()
 
 
-async def test_a_closed_index_says_so(index: IndexHarness, request: pytest.FixtureRequest) -> None:
-    if index.name == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SQLiteIndex after close() raises RuntimeError (its executor is shut"
-                " down), not IndexError_",
-            )
-        )
+async def test_a_closed_index_says_so(index: IndexHarness) -> None:
     await index.index.close()
     await index.index.close()  # twice: harmless
     for name, call in CALLS:

@@ -108,7 +108,14 @@ class SQLiteIndex:
             except sqlite3.Error as exc:
                 raise IndexError_(f"index {self.path}: {exc}") from exc
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await self._on_thread(call)
+
+    async def _on_thread(self, fn: Callable[[], T]) -> T:
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except RuntimeError as exc:  # its thread is shut down: closed
+            raise IndexError_(f"index {self.path} is closed") from exc
+        return await future
 
     async def open(self) -> None:
         def connect() -> None:
@@ -132,7 +139,7 @@ class SQLiteIndex:
                 raise IndexError_(f"cannot open index {self.path}: {exc}") from exc
             self._db = db
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        await self._on_thread(connect)
 
     async def close(self) -> None:
         if self._db is None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobInfo, DigestMismatch, StorageError
+from registry_mirror.storage import BlobInfo, Delivery, DigestMismatch, StorageError, Stream
 
 __all__ = ["MemoryBlobStore", "MemoryStagedBlob", "MemoryStagedReader"]
 
@@ -20,6 +21,7 @@ class MemoryBlobStore:
 
     def __init__(self, *, chunk_size: int = CHUNK) -> None:
         self.blobs: dict[Digest, bytes] = {}
+        self.committed: dict[Digest, float] = {}  # when (time.time()); tests may age them
         self.chunk_size = chunk_size
         self._closed = False
 
@@ -40,7 +42,12 @@ class MemoryBlobStore:
     async def stat(self, digest: Digest) -> BlobInfo | None:
         await self._ready()
         data = self.blobs.get(digest)
-        return None if data is None else BlobInfo(digest, len(data))
+        if data is None:
+            return None
+        return BlobInfo(digest, len(data), self.committed.get(digest))
+
+    async def delivery(self, digest: Digest) -> Delivery:
+        return Stream()  # no local files: the server streams it from open()
 
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
@@ -78,6 +85,7 @@ class MemoryBlobStore:
 
     async def delete(self, digest: Digest) -> bool:
         await self._ready()
+        self.committed.pop(digest, None)
         return self.blobs.pop(digest, None) is not None
 
     async def iter_digests(self) -> AsyncIterator[Digest]:
@@ -122,7 +130,8 @@ class MemoryStagedBlob:
         if actual != expected or (size is not None and size != len(data)):
             raise DigestMismatch(expected, actual, len(data), size)
         self._store.blobs[expected] = data
-        return BlobInfo(expected, len(data))
+        self._store.committed[expected] = now = time.time()
+        return BlobInfo(expected, len(data), now)
 
     async def abort(self) -> None:
         self._closed = True
