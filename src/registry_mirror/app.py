@@ -10,16 +10,13 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api import (
-    MIRROR_KEY,
-    SENDFILE_KEY,
-    WRITE_TIMEOUT_KEY,
-    SendfileReactor,
-    add_api_version,
-    error_middleware,
-    setup_routes,
+from registry_mirror.api import MIRROR_KEY, SENDFILE_KEY, SendfileReactor
+from registry_mirror.api.registry import (
+    API_PREFIX,
+    MAX_REQUEST_BODY,
+    outside_api_middleware,
+    registry_api,
 )
-from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, access_middleware
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
 from registry_mirror.index import Index
@@ -28,11 +25,14 @@ from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, Staging
 from registry_mirror.upstream import RegistryClient, Sessions
 
-__all__ = ["create_app"]
+__all__ = ["REGISTRY_API_KEY", "create_app"]
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL: Final = 5.0
+# The registry API's own application (mounted at /v2), for what acts on it from outside
+# (SIGHUP reloads its htpasswd file).
+REGISTRY_API_KEY: Final = web.AppKey("registry_api", web.Application)
 USER_AGENT: Final = "registry-mirror/0.1"
 
 
@@ -48,12 +48,9 @@ def create_app(
     The HTTP client session, the index connection and the background flusher
     live and die with the app (``cleanup_ctx``).
     """
-    app = web.Application(
-        middlewares=[access_middleware, error_middleware], client_max_size=1024 * 1024
-    )
-    app[ACCESS_KEY] = AccessPolicy(settings)
-    app[WRITE_TIMEOUT_KEY] = settings.http.write_timeout
-    app.on_cleanup.append(app[ACCESS_KEY].close)
+    app = web.Application(middlewares=[outside_api_middleware], client_max_size=MAX_REQUEST_BODY)
+    api = registry_api(settings)
+    app[REGISTRY_API_KEY] = api
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -85,20 +82,19 @@ def create_app(
                 sessions = Sessions.create(USER_AGENT)
                 stack.push_async_callback(sessions.close)
                 routes = build_router(settings, sessions)
-            app[MIRROR_KEY] = await stack.enter_async_context(
+            api[MIRROR_KEY] = await stack.enter_async_context(
                 _running_mirror(settings, blobs, opened, routes)
             )
             reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
             stack.push_async_callback(asyncio.to_thread, reactor.close)
-            app[SENDFILE_KEY] = reactor
+            api[SENDFILE_KEY] = reactor
             flusher = asyncio.create_task(_flush_forever(opened))
             stack.push_async_callback(_cancel, flusher)
             _log_start(settings, routes)
             yield
 
     app.cleanup_ctx.append(lifecycle)
-    app.on_response_prepare.append(add_api_version)
-    setup_routes(app)
+    app.add_subapp(API_PREFIX, api)
     return app
 
 

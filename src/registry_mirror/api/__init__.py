@@ -1,10 +1,13 @@
-"""The HTTP face of the mirror: distribution API routes and OCI errors."""
+"""The HTTP face of the mirror: the registry API (its own application, mounted at
+``/v2``), its routes, access control and OCI errors."""
 
 from registry_mirror.api.errors import RegistryError, add_api_version, error_middleware
+from registry_mirror.api.registry import API_PREFIX, outside_api_middleware, registry_api
 from registry_mirror.api.routes import MIRROR_KEY, SENDFILE_KEY, WRITE_TIMEOUT_KEY, setup_routes
 from registry_mirror.api.sendfile import SendfileReactor
 
 __all__ = [
+    "API_PREFIX",
     "MIRROR_KEY",
     "SENDFILE_KEY",
     "WRITE_TIMEOUT_KEY",
@@ -12,5 +15,7 @@ __all__ = [
     "SendfileReactor",
     "add_api_version",
     "error_middleware",
+    "outside_api_middleware",
+    "registry_api",
     "setup_routes",
 ]

@@ -12,13 +12,13 @@ import math
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api.errors import RegistryError, error_response
+from registry_mirror.api.errors import Handler, RegistryError, error_response
 from registry_mirror.auth import CheckBusy, Htpasswd
 from registry_mirror.config import Settings
 
@@ -35,8 +35,8 @@ __all__ = [
     "parse_address",
 ]
 
-CLIENT: Final = "registry_mirror.client"
-USER: Final = "registry_mirror.user"
+CLIENT: Final = web.RequestKey("client", str)  # the address the policy identified
+USER: Final = web.RequestKey[str | None]("user")  # the authenticated user, None: anonymous
 MAX_TRACKED_CLIENTS: Final = 100_000
 # The per-client table stays within this: MAX_TRACKED_CLIENTS clients with a few
 # repositories each, fewer clients when each may have many (see Limiter).
@@ -394,7 +394,6 @@ class AccessPolicy:
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.anonymous)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACCESS_KEY: Final = web.AppKey("access", AccessPolicy)
 
 

@@ -17,7 +17,7 @@ from registry_mirror.api.access import CLIENT, USER
 
 __all__ = ["BODY_BYTES", "AccessLogger", "printable"]
 
-BODY_BYTES: Final = "registry_mirror.body_bytes"
+BODY_BYTES: Final = web.RequestKey("body_bytes", int)  # body bytes sent, when counted
 
 
 def printable(text: str, limit: int = 200) -> str:

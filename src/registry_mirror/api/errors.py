@@ -31,6 +31,8 @@ from registry_mirror.upstream import (
 
 __all__ = [
     "API_VERSION_HEADERS",
+    "KIND",
+    "Handler",
     "RegistryError",
     "add_api_version",
     "error_middleware",
@@ -38,6 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# What a request asks for ("manifest", "blob", "tags"): which "not found" code it gets.
+KIND: Final = web.RequestKey("kind", str)
 
 API_VERSION_HEADERS: Final = {
     "Docker-Distribution-API-Version": "registry/2.0",
@@ -178,7 +183,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (ConnectionError, web.HTTPNotModified):
         raise
     except Exception as exc:
-        error = translate(exc, request.get("kind", ""))
+        error = translate(exc, request.get(KIND, ""))
         if request.writer.output_size > 0:
             # The headers (and maybe part of the body) are out: a second response would
             # land in the body. Cut the connection; the client sees an incomplete answer.

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from registry_mirror.api.access import ACCESS_KEY, CLIENT
 from registry_mirror.api.access_log import BODY_BYTES
-from registry_mirror.api.errors import RegistryError
+from registry_mirror.api.errors import KIND, RegistryError
 from registry_mirror.api.ranges import Unsatisfiable, parse_range
 from registry_mirror.api.sendfile import SendfileReactor
 from registry_mirror.media_types import Accept
@@ -46,11 +46,12 @@ STALE_WARNING: Final = '110 - "served from cache: upstream unavailable"'
 TRUNCATED_WARNING: Final = '199 - "tag list truncated: upstream has more pages than are read"'
 
 
-def setup_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v2", base)
-    app.router.add_route("*", "/v2/", base)
-    app.router.add_route("*", "/v2/_catalog", catalog)
-    app.router.add_route("*", "/v2/{path:.+}", dispatch)
+def setup_routes(api: web.Application) -> None:
+    """The routes of the registry API, relative to where it is mounted (``/v2``)."""
+    api.router.add_route("*", "", base)
+    api.router.add_route("*", "/", base)
+    api.router.add_route("*", "/_catalog", catalog)
+    api.router.add_route("*", "/{path:.+}", dispatch)
 
 
 def _read_only(request: web.Request) -> None:
@@ -74,20 +75,20 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise RegistryError(400, "NAME_INVALID", "request path too long")
     name, sep, ref = path.rpartition("/manifests/")
     if sep:
-        request["kind"] = "manifest"
+        request[KIND] = "manifest"
         _read_only(request)
         return await manifest(request, name, ref)
     if "/blobs/uploads" in path or path.endswith("/blobs/uploads"):
-        request["kind"] = "blob"
+        request[KIND] = "blob"
         _read_only(request)  # every upload starts with a POST or PUT
         raise RegistryError(405, "UNSUPPORTED", "uploads are not supported")
     name, sep, ref = path.rpartition("/blobs/")
     if sep:
-        request["kind"] = "blob"
+        request[KIND] = "blob"
         _read_only(request)
         return await blob(request, name, ref)
     if path.endswith("/tags/list"):
-        request["kind"] = "tags"
+        request[KIND] = "tags"
         _read_only(request)
         return await tags(request, path.removesuffix("/tags/list"))
     raise RegistryError(404, "NOT_FOUND", "no such endpoint")
