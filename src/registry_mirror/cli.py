@@ -29,7 +29,7 @@ from registry_mirror.api.server import RegistryRunner
 from registry_mirror.app import REGISTRY_API_KEY, create_app
 from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
-from registry_mirror.index import IndexError_
+from registry_mirror.index import IndexFailure
 from registry_mirror.maintenance import commands as commands_module
 from registry_mirror.storage import StorageError
 
@@ -172,7 +172,7 @@ def serve(settings: Settings, ignored: list[str]) -> int:
     except HtpasswdError as exc:
         print(f"registry-mirror: {exc}", file=sys.stderr)
         return 2
-    except (StorageError, IndexError_, OSError) as exc:
+    except (StorageError, IndexFailure, OSError) as exc:
         print(f"registry-mirror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

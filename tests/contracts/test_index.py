@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from registry_mirror.index import Index, IndexError_, ManifestRecord
+from registry_mirror.index import Index, IndexFailure, ManifestRecord
 from registry_mirror.reference import Digest
 from tests.contracts.conftest import IndexHarness
 
@@ -404,11 +404,11 @@ CALLS: list[tuple[str, Any]] = [
 async def test_an_index_not_open_says_so(index: IndexHarness) -> None:
     unopened = index.fresh()
     for name, call in CALLS:
-        with pytest.raises(IndexError_):
+        with pytest.raises(IndexFailure):
             await call(unopened)
             pytest.fail(f"{name} worked")
     unopened.touch(LAYER)  # buffered: nothing to refuse yet
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexFailure):
         await unopened.flush()
 
 
@@ -416,6 +416,6 @@ async def test_a_closed_index_says_so(index: IndexHarness) -> None:
     await index.index.close()
     await index.index.close()  # twice: harmless
     for name, call in CALLS:
-        with pytest.raises(IndexError_):
+        with pytest.raises(IndexFailure):
             await call(index.index)
             pytest.fail(f"{name} worked")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_mirror.index import IndexError_, ManifestRecord, SQLiteIndex
+from registry_mirror.index import IndexFailure, ManifestRecord, SQLiteIndex
 from registry_mirror.reference import Digest
 
 
@@ -95,5 +95,5 @@ def test_an_index_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(IndexError_, match="newer than this version"):
+    with pytest.raises(IndexFailure, match="newer than this version"):
         asyncio.run(_open_and_close(path))

@@ -10,7 +10,7 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.index import IndexError_
+from registry_mirror.index import IndexFailure
 from registry_mirror.mirror import (
     ManifestUnacceptable,
     RegistryNotMirrored,
@@ -160,7 +160,7 @@ def translate(exc: BaseException, kind: str) -> RegistryError:
             )
         case UpstreamError():
             return RegistryError(502, "UNKNOWN", "upstream registry error", detail=exc.message)
-        case StorageError() | IndexError_():
+        case StorageError() | IndexFailure():
             log.error("storage failure: %s", exc)
             return RegistryError(503, "UNAVAILABLE", "cache storage unavailable")
         case web.HTTPMethodNotAllowed():

@@ -5,7 +5,7 @@ from registry_mirror.index.base import (
     CacheSnapshot,
     GenerationWatch,
     Index,
-    IndexError_,
+    IndexFailure,
     ManifestRecord,
 )
 from registry_mirror.index.sqlite import SQLiteIndex
@@ -15,7 +15,7 @@ __all__ = [
     "CacheSnapshot",
     "GenerationWatch",
     "Index",
-    "IndexError_",
+    "IndexFailure",
     "ManifestRecord",
     "SQLiteIndex",
 ]

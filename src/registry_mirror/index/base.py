@@ -13,7 +13,7 @@ __all__ = [
     "CacheSnapshot",
     "GenerationWatch",
     "Index",
-    "IndexError_",
+    "IndexFailure",
     "ManifestRecord",
 ]
 
@@ -47,7 +47,7 @@ class CacheSnapshot:
     content: dict[str, set[str]]  # repository → digests seen through it
 
 
-class IndexError_(Exception):
+class IndexFailure(Exception):
     """The index database could not be read or written."""
 
 

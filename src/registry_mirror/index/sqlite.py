@@ -15,7 +15,7 @@ from registry_mirror.index.base import (
     CacheItem,
     CacheSnapshot,
     GenerationWatch,
-    IndexError_,
+    IndexFailure,
     ManifestRecord,
 )
 from registry_mirror.reference import Digest, parse_digest
@@ -100,13 +100,13 @@ class SQLiteIndex:
 
         def call() -> T:
             if self._db is None:
-                raise IndexError_("index is not open")
+                raise IndexFailure("index is not open")
             try:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                     return fn(self._db)
             except sqlite3.Error as exc:
-                raise IndexError_(f"index {self.path}: {exc}") from exc
+                raise IndexFailure(f"index {self.path}: {exc}") from exc
 
         return await self._on_thread(call)
 
@@ -114,7 +114,7 @@ class SQLiteIndex:
         try:
             future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except RuntimeError as exc:  # its thread is shut down: closed
-            raise IndexError_(f"index {self.path} is closed") from exc
+            raise IndexFailure(f"index {self.path} is closed") from exc
         return await future
 
     async def open(self) -> None:
@@ -127,7 +127,7 @@ class SQLiteIndex:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     db.close()
-                    raise IndexError_(
+                    raise IndexFailure(
                         f"index {self.path} has schema {version}, newer than this version"
                         f" understands ({SCHEMA_VERSION})"
                     )
@@ -136,7 +136,7 @@ class SQLiteIndex:
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.isolation_level = "DEFERRED"
             except sqlite3.Error as exc:
-                raise IndexError_(f"cannot open index {self.path}: {exc}") from exc
+                raise IndexFailure(f"cannot open index {self.path}: {exc}") from exc
             self._db = db
 
         await self._on_thread(connect)
@@ -146,7 +146,7 @@ class SQLiteIndex:
             return
         try:
             await self.flush()
-        except IndexError_ as exc:
+        except IndexFailure as exc:
             log.error("last-use times not saved: %s", exc)
 
         def close() -> None:

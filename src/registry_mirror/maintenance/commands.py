@@ -30,7 +30,7 @@ from rich.table import Table
 
 from registry_mirror import maintenance as ops
 from registry_mirror.config import Settings, parse_duration, parse_size
-from registry_mirror.index import IndexError_
+from registry_mirror.index import IndexFailure
 from registry_mirror.media_types import Platform
 from registry_mirror.storage import StorageError
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         err.print(f"registry-mirror {args.command}: {exc}", highlight=False)
         return 2
-    except (IndexError_, StorageError, OSError) as exc:
+    except (IndexFailure, StorageError, OSError) as exc:
         err.print(f"registry-mirror {args.command}: {exc}", highlight=False)
         return 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 
-from registry_mirror.index import IndexError_
+from registry_mirror.index import IndexFailure
 from registry_mirror.logs import ThrottledLog
 
 __all__ = ["StorageGuard"]
@@ -29,7 +29,7 @@ class StorageGuard:
         """An index write that must not fail the request: False if it failed."""
         try:
             await write
-        except IndexError_ as exc:
+        except IndexFailure as exc:
             self.failing(exc)
             return False
         return True

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from registry_mirror.index import GenerationWatch, Index, IndexError_, ManifestRecord
+from registry_mirror.index import GenerationWatch, Index, IndexFailure, ManifestRecord
 from registry_mirror.logs import ThrottledLog
 from registry_mirror.media_types import (
     IMAGE_TYPES,
@@ -322,7 +322,7 @@ class Manifests:
             record = ManifestRecord(digest, media_type, len(body))
             try:
                 await self.index.put_manifest(route.key, record, refs)
-            except IndexError_:
+            except IndexFailure:
                 # Never leave a file the index does not know of (as for blobs).
                 await self.store.delete(digest)
                 raise
@@ -330,7 +330,7 @@ class Manifests:
             self._memory.put(digest, media_type, body, generation)
             # What the manifest references is served under this repository too.
             await self._presence.links.link(route.key, digest)
-        except (StorageError, IndexError_) as exc:
+        except (StorageError, IndexFailure) as exc:
             self._guard.failing(exc)
             return False
         await self._settle_tags(route, digest)

@@ -3,7 +3,7 @@ confirmed there by upstream (a ``HEAD``, no download) and linked from then on.""
 
 from __future__ import annotations
 
-from registry_mirror.index import IndexError_
+from registry_mirror.index import IndexFailure
 from registry_mirror.mirror.guard import StorageGuard
 from registry_mirror.mirror.links import RepoLinks
 from registry_mirror.mirror.routing import Route
@@ -49,5 +49,5 @@ class Presence:
             return
         try:
             await self.links.link(route.key, digest)
-        except IndexError_ as exc:
+        except IndexFailure as exc:
             self._guard.failing(exc)  # asked upstream again next time; still served now

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from registry_mirror.index import Index, IndexError_, ManifestRecord
+from registry_mirror.index import Index, IndexFailure, ManifestRecord
 from registry_mirror.media_types import detect_manifest
 from registry_mirror.mirror.manifests import MAX_MANIFEST_SIZE
 from registry_mirror.reference import Digest
@@ -29,7 +29,7 @@ async def recover_orphan(store: BlobStore, index: Index, digest: Digest) -> bool
     """Index a file the index does not know when its content matches its name (True),
     else delete it (False). A manifest is indexed as one again, with its media type
     and references; which repository it came through is lost with the row, so it is
-    linked to none. Raises IndexError_ when the index cannot take it (the file stays)."""
+    linked to none. Raises IndexFailure when the index cannot take it (the file stays)."""
     ok, size = await store.verify(digest)
     if not ok:
         await store.delete(digest)
@@ -58,7 +58,7 @@ async def adopt_orphans(
                 continue
             try:
                 adopted = await recover_orphan(store, index, digest)
-            except IndexError_:
+            except IndexFailure:
                 await store.delete(digest)  # never leave a file the index does not know
                 adopted = False
             if adopted:
@@ -71,6 +71,6 @@ async def adopt_orphans(
                 result.adopted,
                 result.removed,
             )
-    except (StorageError, IndexError_) as exc:
+    except (StorageError, IndexFailure) as exc:
         log.error("could not check the cache for unindexed files: %s", exc)
     return result

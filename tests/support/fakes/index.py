@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from registry_mirror.index import CacheItem, CacheSnapshot, IndexError_, ManifestRecord
+from registry_mirror.index import CacheItem, CacheSnapshot, IndexFailure, ManifestRecord
 from registry_mirror.index.sqlite import MAX_LINKED
 from registry_mirror.reference import Digest, parse_digest
 
@@ -112,7 +112,7 @@ class MemoryIndex:
     async def _ready(self) -> _Tables:
         await asyncio.sleep(0)
         if not self._open:
-            raise IndexError_("index is not open")
+            raise IndexFailure("index is not open")
         return self._tables
 
     def _changed(self, removed: bool) -> None:
