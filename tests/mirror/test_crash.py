@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.support.images import (
     push_index,
     sha256_digest,
 )
-from tests.support.mirror import MirrorProcess, mirror_binary
+from tests.support.mirror import MirrorProcess, mirror_command
 from tests.support.registry import RegistryProcess
 from tests.support.store import blob_file, staging_dir
 from tests.support.waits import wait_until
@@ -80,14 +79,7 @@ def test_sigkill_during_cold_pulls_then_verify_is_sound(
 
     mirror.start()  # removes the leftovers of interrupted downloads
     assert list(staging_dir(mirror.root).iterdir()) == []
-    report = subprocess.run(
-        [mirror_binary(), "verify", "--root", str(mirror.root), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
-    )
+    report = mirror_command("verify", "--root", str(mirror.root), "--json")
     assert report.returncode == 0, report.stdout + report.stderr
     assert json.loads(report.stdout)["problems"] == []
 
@@ -120,13 +112,7 @@ def test_files_committed_without_their_index_row_are_adopted_or_removed(
     old = time.time() - 3600
     good_path = blob_file(mirror.root, good_digest)
     os.utime(good_path, (old, old))  # no grace period: it must be indexed, not an orphan
-    report = subprocess.run(
-        [mirror_binary(), "verify", "--root", str(mirror.root), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    report = mirror_command("verify", "--root", str(mirror.root), "--json", timeout=60)
     assert json.loads(report.stdout)["problems"] == [], report.stdout
     # An adopted file belongs to no repository yet: served where upstream confirms it
     # (a HEAD), from the cache; unknown elsewhere.

@@ -23,6 +23,7 @@ __all__ = [
     "MirrorProcess",
     "assert_log_quiet",
     "mirror_binary",
+    "mirror_command",
 ]
 
 _PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"})
@@ -50,6 +51,23 @@ class MirrorError(RuntimeError):
 
 def mirror_binary() -> str:
     return str(Path(sys.executable).parent / "registry-mirror")
+
+
+def mirror_command(
+    *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``registry-mirror ARGS`` (an operator command: ``ls``, ``verify``, ``prune``...) run to
+    its end without the registry settings of the environment; the caller judges it."""
+    return subprocess.run(
+        [mirror_binary(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
+        env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+    )
 
 
 class MirrorProcess(Service):
