@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -13,23 +12,11 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import MirrorFactory
-from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, push_index
-from tests.support.mirror import MirrorProcess, mirror_binary
+from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, push_index, sha256_digest
+from tests.support.mirror import MirrorProcess, mirror_command
 from tests.support.registry import RegistryProcess, make_htpasswd_line
+from tests.support.store import blob_file, staging_dir
 from tests.support.tls import tls_args
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [mirror_binary(), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL if stdin is None else None,
-        input=stdin,
-        env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
-    )
 
 
 def pull(mirror: MirrorProcess, image: PushedImage) -> None:
@@ -42,11 +29,6 @@ def pull(mirror: MirrorProcess, image: PushedImage) -> None:
             assert client.get(f"/v2/{image.repo}/blobs/{digest}").content == data
 
 
-def blob_path(mirror: MirrorProcess, digest: str) -> Path:
-    hex_ = digest.split(":")[1]
-    return mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
-
-
 def test_ls_du_verify_repair_prune(upstream: RegistryProcess, mirror: MirrorProcess) -> None:
     one = push_image(upstream.url, "library/one", "1.0", layers=[100_000, 50_000], seed=1)
     two = push_image(upstream.url, "team/two", "latest", layers=[100_000], seed=1)  # shares
@@ -54,7 +36,7 @@ def test_ls_du_verify_repair_prune(upstream: RegistryProcess, mirror: MirrorProc
     pull(mirror, two)
     root = str(mirror.root)
 
-    listing = cli("ls", "--root", root, "--json")
+    listing = mirror_command("ls", "--root", root, "--json")
     assert listing.returncode == 0, listing.stderr
     rows = {(r["repository"], r["tag"]): r for r in json.loads(listing.stdout)}
     assert set(rows) == {("docker.io/library/one", "1.0"), ("docker.io/team/two", "latest")}
@@ -62,68 +44,68 @@ def test_ls_du_verify_repair_prune(upstream: RegistryProcess, mirror: MirrorProc
     expected = len(one.manifest) + sum(len(b) for b in one.blobs.values())
     assert rows[("docker.io/library/one", "1.0")]["size"] == expected
     assert rows[("docker.io/library/one", "1.0")]["complete"]
-    table = cli("ls", "--root", root)
+    table = mirror_command("ls", "--root", root)
     assert "library/one" in table.stdout and "team/two" in table.stdout
 
-    usage = json.loads(cli("du", "--root", root, "--json").stdout)
+    usage = json.loads(mirror_command("du", "--root", root, "--json").stdout)
     shared_layer = len(one.blobs[one.layer_digests[0]])
     assert usage["shared_bytes"] == shared_layer
     assert usage["blobs"] == 4 and usage["manifests"] == 2
     assert usage["disk_bytes"] >= usage["indexed_bytes"] > 0
     assert usage["free_bytes"] > 0
-    assert "used on disk" in cli("du", "--root", root).stdout
+    assert "used on disk" in mirror_command("du", "--root", root).stdout
 
-    sound = cli("verify", "--root", root)
+    sound = mirror_command("verify", "--root", root)
     assert sound.returncode == 0, sound.stdout + sound.stderr
     assert "sound" in sound.stdout
 
     # Damage the live cache in every way verify knows.
-    corrupt = blob_path(mirror, one.layer_digests[1])
+    corrupt = blob_file(mirror.root, one.layer_digests[1])
     data = bytearray(corrupt.read_bytes())
     data[100] ^= 0xFF
     corrupt.write_bytes(bytes(data))
-    blob_path(mirror, two.config_digest or "").unlink()
+    blob_file(mirror.root, two.config_digest or "").unlink()
     orphan = os.urandom(1000)
-    orphan_hex = hashlib.sha256(orphan).hexdigest()
-    orphan_path = mirror.root / "blobs" / "sha256" / orphan_hex[:2] / orphan_hex
+    orphan_digest = sha256_digest(orphan)
+    orphan_path = blob_file(mirror.root, orphan_digest)
     orphan_path.parent.mkdir(parents=True, exist_ok=True)
     orphan_path.write_bytes(orphan)
-    leftover = mirror.root / "staging" / "left.part"
+    leftover = staging_dir(mirror.root) / "left.part"
     leftover.write_bytes(b"x")
     old = time.time() - 3600
     os.utime(orphan_path, (old, old))
     os.utime(leftover, (old, old))
 
-    report = cli("verify", "--root", root, "--json")
+    report = mirror_command("verify", "--root", root, "--json")
     assert report.returncode == 1
     found = {(p["kind"], p["digest"]) for p in json.loads(report.stdout)["problems"]}
     assert found == {
         ("corrupt", one.layer_digests[1]),
         ("missing", two.config_digest),
-        ("orphan", f"sha256:{orphan_hex}"),
+        ("orphan", orphan_digest),
         ("staging", "left.part"),
     }
-    assert cli("verify", "--root", root, "--repair").returncode == 1
-    again = cli("verify", "--root", root)
+    assert mirror_command("verify", "--root", root, "--repair").returncode == 1
+    again = mirror_command("verify", "--root", root)
     assert again.returncode == 0, again.stdout
     # What was removed is fetched again, correctly, through the running server.
     pull(mirror, one)
     pull(mirror, two)
-    assert cli("verify", "--root", root).returncode == 0
+    assert mirror_command("verify", "--root", root).returncode == 0
 
-    dry = cli("prune", "--root", root, "--dry-run", "library/one")
+    dry = mirror_command("prune", "--root", root, "--dry-run", "library/one")
     assert dry.returncode == 0
     assert "would remove 1 images" in dry.stdout
-    assert blob_path(mirror, one.layer_digests[1]).exists()
-    done = cli("prune", "--root", root, "--yes", "library/one")
+    assert blob_file(mirror.root, one.layer_digests[1]).exists()
+    done = mirror_command("prune", "--root", root, "--yes", "library/one")
     assert "removed 1 images" in done.stdout
-    assert not blob_path(mirror, one.layer_digests[1]).exists()
-    assert blob_path(mirror, one.layer_digests[0]).exists()  # still used by team/two
-    after = json.loads(cli("ls", "--root", root, "--json").stdout)
+    assert not blob_file(mirror.root, one.layer_digests[1]).exists()
+    assert blob_file(mirror.root, one.layer_digests[0]).exists()  # still used by team/two
+    after = json.loads(mirror_command("ls", "--root", root, "--json").stdout)
     assert [(r["repository"], r["tag"]) for r in after] == [("docker.io/team/two", "latest")]
-    assert cli("prune", "--root", root, "--yes", "--to-size", "0B").returncode == 0
-    assert json.loads(cli("ls", "--root", root, "--json").stdout) == []
-    assert cli("verify", "--root", root).returncode == 0
+    assert mirror_command("prune", "--root", root, "--yes", "--to-size", "0B").returncode == 0
+    assert json.loads(mirror_command("ls", "--root", root, "--json").stdout) == []
+    assert mirror_command("verify", "--root", root).returncode == 0
     pull(mirror, two)  # the server copes with content pruned under it
 
 
@@ -135,25 +117,25 @@ def test_warm_prefetches_through_the_running_mirror(
     listing = tmp_path / "images.txt"
     listing.write_text("# provisioning list\napp:2\n")
     upstream.clear_log()
-    result = cli(
+    result = mirror_command(
         "warm", "--mirror", mirror.url, "-f", str(listing), "multi:1", "--platform", "linux/arm64"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 of 2 images warmed" in result.stdout
     for digest in single.blobs:
-        assert blob_path(mirror, digest).exists()
+        assert blob_file(mirror.root, digest).exists()
     arm = multi.children["linux/arm64"]
     amd = multi.children["linux/amd64"]
     arm_blobs = {d for d in multi.blobs if d.split(":")[1] in arm.manifest.decode()}
     amd_only = {d for d in multi.blobs if d.split(":")[1] in amd.manifest.decode()} - arm_blobs
     assert arm_blobs and amd_only
-    assert all(blob_path(mirror, d).exists() for d in arm_blobs)
-    assert not any(blob_path(mirror, d).exists() for d in amd_only)
+    assert all(blob_file(mirror.root, d).exists() for d in arm_blobs)
+    assert not any(blob_file(mirror.root, d).exists() for d in amd_only)
     # Again: everything is a cache hit, nothing is downloaded from upstream.
     upstream.clear_log()
-    assert cli("warm", "--mirror", mirror.url, "app:2").returncode == 0
+    assert mirror_command("warm", "--mirror", mirror.url, "app:2").returncode == 0
     assert upstream.count("GET", r"/blobs/") == 0
-    missing = cli("warm", "--mirror", mirror.url, "nothing:here")
+    missing = mirror_command("warm", "--mirror", mirror.url, "nothing:here")
     assert missing.returncode == 1
     assert "MANIFEST_UNKNOWN" in missing.stdout
 
@@ -163,7 +145,7 @@ def test_commands_refuse_a_wrong_path(tmp_path: Path) -> None:
         args = [command, "--root", str(tmp_path / "nothing")]
         if command == "prune":
             args.append("--older-than=1d")
-        result = cli(*args)
+        result = mirror_command(*args)
         assert result.returncode == 2, command
         assert "no registry-mirror cache at" in result.stderr
         assert "Traceback" not in result.stderr
@@ -205,35 +187,37 @@ def test_prune_matches_repositories_as_ls_shows_them(
             (["--to-size", "20"], "--to-size '20' needs a unit"),
             (["--older-than", "30"], "--older-than '30' needs a unit"),
         ]:
-            refused = cli("prune", "--root", root, "--yes", *wrong)
+            refused = mirror_command("prune", "--root", root, "--yes", *wrong)
             assert refused.returncode == 2 and message in refused.stderr, refused.stderr
-        nothing = cli("prune", "--root", root, "--yes", "nothing/here")
+        nothing = mirror_command("prune", "--root", root, "--yes", "nothing/here")
         assert nothing.returncode == 1
         assert "'nothing/here' (docker.io/nothing/here) matches no cached repository" in (
             nothing.stderr
         )
-        unconfirmed = cli("prune", "--root", root, "lone")
+        unconfirmed = mirror_command("prune", "--root", root, "lone")
         assert unconfirmed.returncode == 2
         assert "would remove 1 images" in unconfirmed.stdout
         assert "docker.io/library/lone:1" in unconfirmed.stdout
         assert "run with --yes" in unconfirmed.stderr
         assert tags() == everything
 
-        done = cli("prune", "--root", root, "--yes", "alpine")
+        done = mirror_command("prune", "--root", root, "--yes", "alpine")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "removed 0 images" in done.stdout  # all of it is team/copy's too
         assert "untagging docker.io/library/alpine" in done.stdout
         assert tags() == everything - {("docker.io/library/alpine", "1")}
         for digest in alpine.blobs:
-            assert blob_path(mirror, digest).exists()
-        assert cli("verify", "--root", root).returncode == 0
+            assert blob_file(mirror.root, digest).exists()
+        assert mirror_command("verify", "--root", root).returncode == 0
         pull(mirror, copy)
 
-        done = cli("prune", "--root", root, "--yes", "reg.example/library/alpine", "library/lone")
+        done = mirror_command(
+            "prune", "--root", root, "--yes", "reg.example/library/alpine", "library/lone"
+        )
         assert "removed 2 images" in done.stdout, done.stdout
         assert tags() == {("docker.io/team/copy", "1")}
-        assert not any(blob_path(mirror, d).exists() for d in [*elsewhere.blobs, *lone.blobs])
-        assert cli("verify", "--root", root).returncode == 0
+        assert not any(blob_file(mirror.root, d).exists() for d in [*elsewhere.blobs, *lone.blobs])
+        assert mirror_command("verify", "--root", root).returncode == 0
 
 
 class MirrorImage:
@@ -245,7 +229,7 @@ class MirrorImage:
 
 
 def ls(root: str) -> subprocess.CompletedProcess[str]:
-    result = cli("ls", "--root", root, "--json")
+    result = mirror_command("ls", "--root", root, "--json")
     assert result.returncode == 0, result.stderr
     return result
 
@@ -263,17 +247,17 @@ def test_warm_logs_in_and_verifies_the_mirrors_certificate(
     url = mirror.url
     assert url.startswith("https://")
 
-    anonymous = cli("warm", "--mirror", url, "--ca-cert", ca, "app:2")
+    anonymous = mirror_command("warm", "--mirror", url, "--ca-cert", ca, "app:2")
     assert anonymous.returncode == 1 and "401" in anonymous.stdout
-    untrusted = cli("warm", "--mirror", url, "-u", "carol", "-p", password, "app:2")
+    untrusted = mirror_command("warm", "--mirror", url, "-u", "carol", "-p", password, "app:2")
     assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout
 
     in_url = url.replace("https://", f"https://carol:{password}@")
-    logged_in = cli("warm", "--mirror", in_url, "--ca-cert", ca, "app:2")
+    logged_in = mirror_command("warm", "--mirror", in_url, "--ca-cert", ca, "app:2")
     assert logged_in.returncode == 0, logged_in.stdout + logged_in.stderr
     assert "1 of 1 images warmed" in logged_in.stdout
     assert f"warmed through {url}" in logged_in.stdout
-    from_stdin = cli(
+    from_stdin = mirror_command(
         "warm",
         "--mirror",
         url,
@@ -286,9 +270,9 @@ def test_warm_logs_in_and_verifies_the_mirrors_certificate(
         stdin=password + "\n",
     )
     assert from_stdin.returncode == 0, from_stdin.stdout + from_stdin.stderr
-    unverified = cli("warm", "--mirror", in_url, "--no-tls-verify", "app:2")
+    unverified = mirror_command("warm", "--mirror", in_url, "--no-tls-verify", "app:2")
     assert unverified.returncode == 0, unverified.stdout + unverified.stderr
-    wrong = cli(
+    wrong = mirror_command(
         "warm", "--mirror", url.replace("https://", "https://carol:nope@"), "app:2", "--ca-cert", ca
     )
     assert wrong.returncode == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -10,8 +11,11 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from registry_mirror.reference import parse_digest
+from registry_mirror.storage.filesystem import FilesystemBlobStore
 from tests.support.images import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -32,6 +36,8 @@ from tests.support.images import (
     referenced_blobs,
     sha256_digest,
 )
+from tests.support.mirror import LOG_ALARMS, assert_log_quiet
+from tests.support.oci import assert_oci_error, error_code, error_codes, error_detail
 from tests.support.ports import free_port
 from tests.support.registry import (
     LoggedRequest,
@@ -41,6 +47,8 @@ from tests.support.registry import (
     registry_binary,
 )
 from tests.support.skopeo import skopeo_copy, skopeo_inspect_raw
+from tests.support.store import blob_file, blobs_dir, staging_dir
+from tests.support.waits import wait_until, wait_until_async
 
 pytestmark = pytest.mark.skipif(
     registry_binary() is None, reason="docker-registry (distribution) is not installed"
@@ -66,6 +74,61 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_wait_until_returns_the_first_true_value_or_fails_with_its_message() -> None:
+    answers = iter([0, None, "ready"])
+    assert wait_until(lambda: next(answers), 5, interval=0.001) == "ready"
+    with pytest.raises(AssertionError, match=r"^never \(waited 0.05s\)$"):
+        wait_until(lambda: False, 0.05, interval=0.01, message=lambda: "never")
+
+    async def scenario() -> None:
+        event = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.02, event.set)
+        assert await wait_until_async(event.is_set, 5, interval=0.005)
+        with pytest.raises(AssertionError, match="condition not reached"):
+            await wait_until_async(lambda: False, 0.02, interval=0.005)
+
+    asyncio.run(scenario())
+
+
+def test_oci_error_codes_accept_only_the_oci_error_shape() -> None:
+    good = {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown", "detail": None}]}
+    response = httpx.Response(404, json=good)
+    assert error_codes(response) == ["BLOB_UNKNOWN"]
+    assert error_code(response) == "BLOB_UNKNOWN"
+    assert error_detail(response) is None
+    assert_oci_error(response, 404, "BLOB_UNKNOWN")
+    with pytest.raises(AssertionError):
+        assert_oci_error(response, 404, "MANIFEST_UNKNOWN")
+    bad_bodies = [
+        {"errors": []},
+        {"errors": [{"code": "X", "message": "m"}]},
+        {"errors": [{"code": "X", "message": "", "detail": None}]},
+        {"errors": [{"code": "X", "message": "Traceback", "detail": None}]},
+        {"errors": good["errors"], "extra": 1},
+    ]
+    for body in bad_bodies:
+        with pytest.raises(AssertionError):
+            error_codes(httpx.Response(500, json=body))
+    with pytest.raises(AssertionError):
+        error_codes(httpx.Response(500, text=json.dumps(good)))  # not served as JSON
+
+
+def test_blob_files_lie_where_the_store_puts_them(tmp_path: Path) -> None:
+    digest = sha256_digest(b"data")
+    store = FilesystemBlobStore(tmp_path)
+    assert blob_file(tmp_path, digest) == store.path_for(parse_digest(digest))
+    assert blob_file(tmp_path, parse_digest(digest)) == blob_file(tmp_path, digest)
+    assert blob_file(tmp_path, digest).is_relative_to(blobs_dir(tmp_path))
+    assert staging_dir(tmp_path) == store.staging_dir
+
+
+def test_assert_log_quiet_names_the_alarm() -> None:
+    assert_log_quiet("2026-01-01 00:00:00,000 INFO registry_mirror: serving\n")
+    for alarm in LOG_ALARMS:
+        with pytest.raises(AssertionError, match=alarm):
+            assert_log_quiet(f"... {alarm} ...")
 
 
 def test_make_layer_is_deterministic_targz() -> None:

@@ -67,23 +67,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clients.test_containerd import Containerd, _processes_using
-from tests.clients.test_podman import Podman
 from tests.conftest import MirrorFactory
-from tests.support.clients import DroppingProxy, mirror_access_lines, registries_conf, require_tools
+from tests.support.clients import (
+    DroppingProxy,
+    mirror_access_lines,
+    registries_conf,
+)
+from tests.support.containerd import Containerd
 from tests.support.images import PushedImage, push_image
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import MirrorProcess, assert_log_quiet
+from tests.support.podman import Podman, PodmanFactory
 from tests.support.registry import RegistryProcess, make_htpasswd_line
-from tests.support.skopeo import assert_dir_copy
+from tests.support.skopeo import assert_dir_copy, skopeo_attempt
 
 PASSWORD = "Cl13nt-l0gin-s3cret"
 REALM = "Registry Mirror"
@@ -93,7 +94,7 @@ def assert_secret_not_logged(mirror: MirrorProcess) -> None:
     log = mirror.log()
     assert PASSWORD not in log
     assert base64.b64encode(f"carol:{PASSWORD}".encode()).decode() not in log
-    assert "Traceback" not in log, log
+    assert_log_quiet(log)
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -147,32 +148,9 @@ def auth_mirror(
     assert_secret_not_logged(mirror)
 
 
-class LoginPodman(Podman):
-    """:class:`Podman` with extra environment variables."""
-
-    extra_env: dict[str, str] = {}  # noqa: RUF012 - replaced, never mutated
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), **self.extra_env}
-
-
 @pytest.fixture
-def podman(auth_mirror: MirrorProcess, tmp_path: Path) -> Iterator[LoginPodman]:
-    binary = require_tools("podman")["podman"]
-    runroot = Path(tempfile.mkdtemp(prefix="podrun-", dir="/tmp"))
-    try:
-        yield LoginPodman(binary, tmp_path / "podman", runroot, registries_conf(auth_mirror.host))
-    finally:
-        shutil.rmtree(runroot, ignore_errors=True)
-
-
-@pytest.fixture
-def containerd(tmp_path: Path) -> Iterator[Containerd]:
-    tools = require_tools("containerd", "ctr")
-    daemon = Containerd(tools["containerd"], tools["ctr"], tmp_path / "containerd")
-    with daemon:
-        yield daemon
-    assert _processes_using(str(daemon.config_path)) == [], "containerd left running"
+def podman(auth_mirror: MirrorProcess, make_podman: PodmanFactory, tmp_path: Path) -> Podman:
+    return make_podman(tmp_path / "podman", registries_conf(auth_mirror.host))
 
 
 def image_id(image: PushedImage) -> str:
@@ -180,15 +158,11 @@ def image_id(image: PushedImage) -> str:
     return image.config_digest.removeprefix("sha256:")
 
 
-def api_requests(mirror: MirrorProcess, repo: str) -> list[tuple[str, str]]:
-    return [(m, t) for m, t in mirror_access_lines(mirror.log()) if t.startswith(f"/v2/{repo}/")]
-
-
 # --- podman --------------------------------------------------------------------------------
 
 
 def test_podman_login_then_pull_from_the_mirror_host(
-    podman: LoginPodman, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
+    podman: Podman, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
 ) -> None:
     authfile = podman.workdir / "auth.json"
     private = f"{auth_mirror.host}/acme/private:1"
@@ -210,7 +184,7 @@ def test_podman_login_then_pull_from_the_mirror_host(
 
 
 def test_podman_wrong_password_is_refused_at_login(
-    podman: LoginPodman, auth_mirror: MirrorProcess
+    podman: Podman, auth_mirror: MirrorProcess
 ) -> None:
     authfile = podman.workdir / "auth.json"
     proc = podman.attempt(
@@ -222,7 +196,7 @@ def test_podman_wrong_password_is_refused_at_login(
 
 
 def test_podman_registries_conf_mirror_uses_the_mirror_hosts_credentials(
-    podman: LoginPodman, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
+    podman: Podman, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
 ) -> None:
     # REGISTRY_AUTH_FILE this time (what podman login and pull both read).
     authfile = podman.workdir / "registry-auth.json"
@@ -239,11 +213,13 @@ def test_podman_registries_conf_mirror_uses_the_mirror_hosts_credentials(
     assert pulled == image_id(images["private"])
     info = podman.inspect("docker.io/acme/private:1")
     assert info["Digest"] == images["private"].digest
-    assert ("GET", "/v2/acme/private/manifests/1") in api_requests(auth_mirror, "acme/private")
+    assert ("GET", "/v2/acme/private/manifests/1") in mirror_access_lines(
+        auth_mirror.log(), "/v2/acme/private/"
+    )
 
 
 def test_podman_anonymous_pull_through_registries_conf_mirror(
-    podman: LoginPodman, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
+    podman: Podman, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
 ) -> None:
     """No login at all: ``docker.io/library/*`` is readable anonymously.
 
@@ -267,24 +243,17 @@ def test_podman_anonymous_pull_through_registries_conf_mirror(
 
 
 def skopeo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    binary = require_tools("skopeo")["skopeo"]
     home, tmp = tmp_path / "skopeo-home", tmp_path / "skopeo-tmp"
     home.mkdir(exist_ok=True)
     tmp.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": str(tmp),
-        "XDG_RUNTIME_DIR": str(tmp),
-    }
-    return subprocess.run(
-        [binary, "--insecure-policy", "--command-timeout", "30s", *args],
-        env=env,
-        capture_output=True,
-        text=True,
+    return skopeo_attempt(
+        "--command-timeout",
+        "30s",
+        *args,
+        home=home,
+        tmp=tmp,
+        env={"XDG_RUNTIME_DIR": str(tmp)},
         timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
     )
 
 
@@ -359,35 +328,12 @@ def test_skopeo_anonymous_copy_of_a_public_image(
 # --- containerd ----------------------------------------------------------------------------
 
 
-def ctr_pull(containerd: Containerd, ref: str, *options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            containerd.ctr_binary,
-            "--address",
-            containerd.address,
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            str(containerd.hosts_dir),
-            *options,
-            ref,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 def test_ctr_user_credentials_reach_the_hosts_toml_mirror(
     containerd: Containerd, auth_mirror: MirrorProcess, images: dict[str, PushedImage]
 ) -> None:
     containerd.mirror_to(auth_mirror.host)
 
-    refused = ctr_pull(containerd, "docker.io/acme/private:1")
+    refused = containerd.attempt_pull("docker.io/acme/private:1")
     assert refused.returncode != 0
     refusals = [
         line
@@ -397,12 +343,12 @@ def test_ctr_user_credentials_reach_the_hosts_toml_mirror(
     assert refusals, auth_mirror.log()
     assert "docker.io/acme/private:1" not in containerd.images()
 
-    pulled = ctr_pull(containerd, "docker.io/acme/private:1", "--user", f"carol:{PASSWORD}")
+    pulled = containerd.attempt_pull("docker.io/acme/private:1", "--user", f"carol:{PASSWORD}")
     assert pulled.returncode == 0, f"{pulled.stdout}\n{pulled.stderr}"
     private = images["private"]
     assert containerd.images()["docker.io/acme/private:1"][1] == private.digest
     assert set(private.blobs) <= containerd.content()
 
-    public = ctr_pull(containerd, "docker.io/library/public:1")
+    public = containerd.attempt_pull("docker.io/library/public:1")
     assert public.returncode == 0, f"{public.stdout}\n{public.stderr}"
     assert containerd.images()["docker.io/library/public:1"][1] == images["public"].digest

@@ -69,11 +69,8 @@ downloaded from only one of them.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +78,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients.test_containerd import Containerd
-from tests.clients.test_podman import Podman
 from tests.conftest import MirrorFactory
-from tests.support.clients import mirror_access_lines, require_tools
+from tests.support.clients import mirror_access_lines, registries_conf
+from tests.support.containerd import Containerd
 from tests.support.images import PushedImage, push_image
 from tests.support.mirror import MirrorProcess
+from tests.support.oci import error_code
+from tests.support.podman import PodmanFactory
 from tests.support.registry import RegistryProcess
-from tests.support.skopeo import assert_dir_copy
+from tests.support.skopeo import assert_dir_copy, skopeo_attempt
+from tests.support.store import blob_file, blobs_dir
 
 HUB, GHCR, EXAMPLE = "docker.io", "ghcr.io", "registry.example.com"
 REGISTRIES = (HUB, GHCR, EXAMPLE)
@@ -105,18 +104,13 @@ class Multi:
 
     def registries_conf(self) -> str:
         """podman/skopeo: every registry mirrored by path prefix (docker.io at the root)."""
-        out = []
-        for registry in REGISTRIES:
-            location = self.mirror.host if registry == HUB else f"{self.mirror.host}/{registry}"
-            out.append(
-                "[[registry]]\n"
-                f'prefix = "{registry}"\n'
-                f'location = "{registry}"\n'
-                "[[registry.mirror]]\n"
-                f'location = "{location}"\n'
-                "insecure = true\n"
+        return "\n".join(
+            registries_conf(
+                self.mirror.host if registry == HUB else f"{self.mirror.host}/{registry}",
+                prefix=registry,
             )
-        return "\n".join(out)
+            for registry in REGISTRIES
+        )
 
     def clear_logs(self) -> None:
         for upstream in self.upstreams.values():
@@ -201,31 +195,12 @@ def assert_upstreams_served_only_their_own(
 # --- containerd: hosts.toml per registry, ?ns= ----------------------------------------------
 
 
-def write_hosts_toml(hosts_dir: Path, registry: str, mirror_host: str) -> Path:
-    path = hosts_dir / registry / "hosts.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f'server = "https://{registry}"\n'
-        "\n"
-        f'[host."http://{mirror_host}"]\n'
-        '  capabilities = ["pull", "resolve"]\n'
-    )
-    return path
-
-
-@pytest.fixture
-def containerd(tmp_path: Path) -> Iterator[Containerd]:
-    tools = require_tools("containerd", "ctr")
-    with Containerd(tools["containerd"], tools["ctr"], tmp_path / "containerd") as daemon:
-        yield daemon
-
-
 def test_containerd_pulls_three_registries_through_one_mirror_by_ns(
     multi: Multi, containerd: Containerd
 ) -> None:
     images = push_three(multi)
     for registry in REGISTRIES:
-        write_hosts_toml(containerd.hosts_dir, registry, multi.mirror.host)
+        containerd.mirror_to(multi.mirror.host, registry, server=f"https://{registry}")
 
     for registry in REGISTRIES:
         containerd.pull(reference(registry))
@@ -238,10 +213,9 @@ def test_containerd_pulls_three_registries_through_one_mirror_by_ns(
         assert set(image.blobs) <= content
     assert_upstreams_served_only_their_own(multi, images)
     log = multi.mirror.log()
-    access = mirror_access_lines(log)
     for registry in REGISTRIES:
         repo = IMAGES[registry][0]
-        asked = [(m, t) for m, t in access if t.startswith(f"/v2/{repo}/")]
+        asked = mirror_access_lines(log, f"/v2/{repo}/")
         assert asked, log
         for method, target in asked:
             assert re.search(rf"[?&]ns={re.escape(registry)}(&|$)", target), (method, target)
@@ -254,20 +228,11 @@ def test_containerd_pulls_three_registries_through_one_mirror_by_ns(
 # --- podman and skopeo: registries.conf, path prefixes ------------------------------------
 
 
-@pytest.fixture
-def podman_runroot() -> Iterator[Path]:
-    """podman refuses a runroot longer than 50 characters: one in /tmp."""
-    runroot = Path(tempfile.mkdtemp(prefix="podrun-", dir="/tmp"))
-    yield runroot
-    shutil.rmtree(runroot, ignore_errors=True)
-
-
 def test_podman_pulls_three_registries_through_one_mirror_by_path_prefix(
-    multi: Multi, podman_runroot: Path, tmp_path: Path
+    multi: Multi, make_podman: PodmanFactory, tmp_path: Path
 ) -> None:
     images = push_three(multi)
-    binary = require_tools("podman")["podman"]
-    podman = Podman(binary, tmp_path / "podman", podman_runroot, multi.registries_conf())
+    podman = make_podman(tmp_path / "podman", multi.registries_conf())
 
     for registry in REGISTRIES:
         image = images[registry]
@@ -298,37 +263,24 @@ def skopeo_copy(
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     """``skopeo --registries-conf FILE copy docker://REF dir:DEST`` with HOME and TMPDIR in
     ``work``; returns (process, the registries.conf, the destination)."""
-    skopeo = require_tools("skopeo")["skopeo"]
     (work / "home").mkdir(parents=True)
     (work / "tmp").mkdir()
     conf = work / "registries.conf"
     conf.write_text(registries_conf)
     dest = work / "dest"
-    proc = subprocess.run(
-        [
-            skopeo,
-            "--insecure-policy",
-            "--debug",
-            "--command-timeout",
-            "30s",
-            "--registries-conf",
-            str(conf),
-            "copy",
-            "--retry-times",
-            "0",
-            f"docker://{ref}",
-            f"dir:{dest}",
-        ],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(work / "home"),
-            "TMPDIR": str(work / "tmp"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    proc = skopeo_attempt(
+        "--debug",
+        "--command-timeout",
+        "30s",
+        "--registries-conf",
+        str(conf),
+        "copy",
+        "--retry-times",
+        "0",
+        f"docker://{ref}",
+        f"dir:{dest}",
+        home=work / "home",
+        tmp=work / "tmp",
     )
     return proc, conf, dest
 
@@ -378,7 +330,7 @@ def test_same_name_and_tag_on_two_upstreams_stay_apart_and_share_a_layer(
     assert proc.returncode == 0, proc.stderr
     assert (dest / "manifest.json").read_bytes() == on_hub.manifest
     # containerd: ghcr.io/library/same:1 -> the very same path, with ?ns=ghcr.io.
-    write_hosts_toml(containerd.hosts_dir, GHCR, multi.mirror.host)
+    containerd.mirror_to(multi.mirror.host, GHCR, server=f"https://{GHCR}")
     containerd.pull("ghcr.io/library/same:1")
     assert containerd.images()["ghcr.io/library/same:1"] == (on_ghcr.media_type, on_ghcr.digest)
     assert set(on_ghcr.blobs) <= containerd.content()
@@ -394,9 +346,9 @@ def test_same_name_and_tag_on_two_upstreams_stay_apart_and_share_a_layer(
     access = mirror_access_lines(multi.mirror.log())
     assert ("GET", f"/v2/library/same/blobs/{shared}?ns=ghcr.io") in access
     hex_ = shared.removeprefix("sha256:")
-    assert len(list((multi.mirror.root / "blobs").rglob(hex_))) == 1
+    assert len(list(blobs_dir(multi.mirror.root).rglob(hex_))) == 1
     assert [p for p in multi.mirror.root.rglob(f"*{hex_}*") if p.is_file()] == [
-        multi.mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
+        blob_file(multi.mirror.root, shared)
     ]
 
     # Plain HTTP agrees: the tag means a different image on each upstream, however named.
@@ -461,13 +413,13 @@ def test_a_digest_cached_for_one_registry_is_unknown_under_another(multi: Multi)
                 assert manifest.status_code == 404, (prefix, params, method, manifest.text)
                 assert private.manifest not in manifest.content
                 if method == "GET":
-                    assert manifest.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+                    assert error_code(manifest) == "MANIFEST_UNKNOWN"
                 for digest, data in private.blobs.items():
                     blob = client.request(method, f"{prefix}/blobs/{digest}", params=params)
                     assert blob.status_code == 404, (prefix, params, method, digest)
                     assert data not in blob.content
                     if method == "GET":
-                        assert blob.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+                        assert error_code(blob) == "BLOB_UNKNOWN"
         for registry in (HUB, GHCR):
             upstream = multi.upstreams[registry]
             assert upstream.count("GET", r"/(blobs|manifests)/sha256:") == 0, registry

@@ -11,16 +11,13 @@ front of it stops accepting connections (the fault proxy stopped).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.clients.test_containerd import Containerd
 from tests.clients.test_docker_kaniko import (
     DOCKER_ACCEPT,
     DOCKER_UA,
@@ -31,6 +28,7 @@ from tests.clients.test_docker_kaniko import (
 from tests.conftest import MirrorFactory
 from tests.mirror.test_pull_through import assert_same_image, skopeo_dir
 from tests.support.clients import require_tools
+from tests.support.containerd import Containerd, running_containerd
 from tests.support.faulty import FaultyProxy
 from tests.support.images import (
     INDEX_MEDIA_TYPES,
@@ -39,9 +37,11 @@ from tests.support.images import (
     push_image,
     push_index,
     referenced_blobs,
+    sha256_digest,
 )
 from tests.support.mirror import STALE, MirrorProcess
 from tests.support.registry import RegistryProcess
+from tests.support.waits import wait_until
 
 
 @pytest.fixture
@@ -61,17 +61,14 @@ def outage(proxy: FaultyProxy) -> Iterator[None]:
 def wait_until_upstream_answers(client: httpx.Client, repo: str, tag: str) -> None:
     """After an outage the upstream's circuit breaker stays open for its backoff (5 s,
     doubling while probes fail): wait until a tag check reaches upstream again."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         r = client.head(f"/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT})
-        if r.status_code == 200 and "Warning" not in r.headers:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"upstream still treated as down for {repo}:{tag}")
+        return r.status_code == 200 and "Warning" not in r.headers
 
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    wait_until(
+        answers, 90, interval=0.5, message=f"upstream still treated as down for {repo}:{tag}"
+    )
 
 
 def assert_tag_answer(
@@ -133,7 +130,7 @@ def docker_pull(client: httpx.Client, repo: str, tag: str, image: PushedImage) -
     for blob in referenced_blobs(manifest):
         got = client.get(f"/v2/{repo}/blobs/{blob}", headers={"User-Agent": DOCKER_UA})
         assert got.status_code == 200
-        assert sha256(got.content) == blob
+        assert sha256_digest(got.content) == blob
     return head
 
 
@@ -172,7 +169,7 @@ def kaniko_pull(client: httpx.Client, repo: str, tag: str, image: PushedImage) -
     )
     assert child.content == amd.manifest
     config = json.loads(child.content)["config"]["digest"]
-    assert sha256(client.get(f"/v2/{repo}/blobs/{config}").content) == config
+    assert sha256_digest(client.get(f"/v2/{repo}/blobs/{config}").content) == config
     return top
 
 
@@ -201,11 +198,11 @@ FreshContainerd = Callable[[str], contextlib.AbstractContextManager[Containerd]]
 def fresh_containerd(mirror: MirrorProcess, tmp_path: Path) -> FreshContainerd:
     """``with fresh_containerd(name) as ctr``: a containerd with an empty content store,
     the mirror in its hosts.toml."""
-    tools = require_tools("containerd", "ctr")
+    require_tools("containerd", "ctr")
 
     @contextlib.contextmanager
     def start(name: str) -> Iterator[Containerd]:
-        with Containerd(tools["containerd"], tools["ctr"], tmp_path / name) as daemon:
+        with running_containerd(tmp_path / name) as daemon:
             daemon.mirror_to(mirror.host)
             yield daemon
 

@@ -20,122 +20,19 @@ the mirror fails.  To keep several upstreams apart on one mirror, give the upstr
 
 podman then asks for ``/v2/hub/library/alpine/...``.
 
-The tests run podman as root with everything in ``tmp_path``: ``--root``/``--runroot``/
-``--tmpdir``, ``--storage-driver vfs``, ``--cgroup-manager cgroupfs --events-backend file``,
-and ``HOME``, ``XDG_RUNTIME_DIR``, ``TMPDIR``, ``CONTAINERS_CONF``, ``CONTAINERS_STORAGE_CONF``
-pointing there.  (Only containers/image's blob-info cache, which root's podman and skopeo keep
-in ``/var/lib/containers/cache``, cannot be moved; it changes nothing about pulls.)
+The tests run podman as root with everything in ``tmp_path`` (:mod:`tests.support.podman`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.conftest import MirrorFactory
-from tests.support.clients import mirror_access_lines, registries_conf, require_tools
+from tests.support.clients import mirror_access_lines, registries_conf
 from tests.support.images import PushedImage, push_image, push_index, referenced_blobs
 from tests.support.mirror import MirrorProcess
+from tests.support.podman import PodmanFactory
 from tests.support.registry import RegistryProcess
-
-
-class Podman:
-    """``podman`` with its own storage, state, config and temp directories under ``workdir``."""
-
-    def __init__(self, binary: str, workdir: Path, runroot: Path, registries: str) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.runroot = runroot  # podman refuses a runroot longer than 50 characters
-        for sub in ("home", "run", "tmp"):
-            (workdir / sub).mkdir(parents=True, exist_ok=True)
-        (workdir / "run").chmod(0o700)
-        self.registries_conf = workdir / "registries.conf"
-        self.registries_conf.write_text(registries)
-        (workdir / "containers.conf").write_text("")
-        (workdir / "storage.conf").write_text(
-            f'[storage]\ndriver = "vfs"\nrunroot = "{runroot}"\ngraphroot = "{workdir / "root"}"\n'
-        )
-
-    def env(self) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
-        return {
-            **keep,
-            "HOME": str(self.workdir / "home"),
-            "XDG_RUNTIME_DIR": str(self.workdir / "run"),
-            "TMPDIR": str(self.workdir / "tmp"),
-            "CONTAINERS_CONF": str(self.workdir / "containers.conf"),
-            "CONTAINERS_STORAGE_CONF": str(self.workdir / "storage.conf"),
-            "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf),
-        }
-
-    def attempt(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run podman with this instance's storage and config; the caller judges the result."""
-        w = self.workdir
-        command = [
-            self.binary,
-            "--root",
-            str(w / "root"),
-            "--runroot",
-            str(self.runroot),
-            "--tmpdir",
-            str(w / "libpod"),
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            *args,
-        ]
-        return subprocess.run(
-            command,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = self.attempt(*args, timeout=timeout)
-        assert proc.returncode == 0, f"{' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
-        return proc
-
-    def pull(self, ref: str, *options: str) -> str:
-        """``podman pull``; returns the image ID it printed."""
-        return self.run("pull", "--quiet", *options, ref).stdout.strip()
-
-    def inspect(self, ref: str) -> dict[str, Any]:
-        (info,) = json.loads(self.run("image", "inspect", ref).stdout)
-        assert isinstance(info, dict)
-        return info
-
-
-PodmanFactory = Callable[[Path, str], Podman]
-
-
-@pytest.fixture
-def make_podman() -> Iterator[PodmanFactory]:
-    """``make_podman(workdir, mirror_location)``: a podman using that registries.conf mirror."""
-    binary = require_tools("podman")["podman"]
-    runroots: list[Path] = []
-
-    def make(workdir: Path, mirror_location: str) -> Podman:
-        runroots.append(Path(tempfile.mkdtemp(prefix="podrun-", dir="/tmp")))
-        return Podman(binary, workdir, runroots[-1], registries_conf(mirror_location))
-
-    yield make
-    for runroot in runroots:
-        shutil.rmtree(runroot, ignore_errors=True)
 
 
 def assert_blobs_fetched_once(upstream: RegistryProcess, digests: list[str]) -> None:
@@ -153,7 +50,7 @@ def test_podman_pulls_docker_io_through_registries_conf_mirror(
     mirror = any_mirror
     image = push_image(upstream.url, "library/podapp", "1.0", layers=[300_000, 1_000_000], seed=11)
     upstream.clear_log()
-    podman = make_podman(tmp_path / "podman", mirror.host)
+    podman = make_podman(tmp_path / "podman", registries_conf(mirror.host))
 
     image_id = podman.pull("docker.io/library/podapp:1.0")
 
@@ -172,7 +69,7 @@ def test_podman_pulls_docker_io_through_registries_conf_mirror(
 
     # Another machine (fresh storage) pulling the same tag: nothing downloaded upstream.
     upstream.clear_log()
-    other = make_podman(tmp_path / "podman2", mirror.host)
+    other = make_podman(tmp_path / "podman2", registries_conf(mirror.host))
     assert other.pull("docker.io/library/podapp:1.0") == image_id
     assert upstream.count("GET", r"/blobs/") == 0
     assert upstream.count("GET", r"/manifests/") == 0
@@ -188,7 +85,7 @@ def test_podman_mirror_location_with_alias_path(
     image = push_image(upstream.url, "library/aliased", "2", layers=[200_000], seed=12)
     mirror = mirror_factory(upstream.url, name="hub-mirror", args=["--proxy-aliases", "hub"])
     upstream.clear_log()
-    podman = make_podman(tmp_path / "podman", f"{mirror.host}/hub")
+    podman = make_podman(tmp_path / "podman", registries_conf(f"{mirror.host}/hub"))
 
     image_id = podman.pull("docker.io/library/aliased:2")
 
@@ -218,7 +115,7 @@ def test_podman_pulls_arm64_child_of_multi_platform_index(
     arm_blobs = referenced_blobs(arm.manifest)
     amd_only = set(referenced_blobs(amd.manifest)) - set(arm_blobs)
     upstream.clear_log()
-    podman = make_podman(tmp_path / "podman", mirror.host)
+    podman = make_podman(tmp_path / "podman", registries_conf(mirror.host))
 
     image_id = podman.pull("docker.io/library/podmulti:latest", "--arch", "arm64")
 

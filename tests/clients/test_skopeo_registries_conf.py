@@ -25,17 +25,16 @@ mirror: no mirror address appears on the command line.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.clients import mirror_access_lines, registries_conf, require_tools
+from tests.support.clients import mirror_access_lines, registries_conf
 from tests.support.images import push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import RegistryProcess
-from tests.support.skopeo import assert_dir_copy
+from tests.support.skopeo import assert_dir_copy, skopeo_attempt
 
 
 def skopeo_copy(
@@ -44,7 +43,6 @@ def skopeo_copy(
     """``skopeo --debug copy docker://REF dir:...`` with the mirror's registries.conf given
     ``how``: ``flag`` (--registries-conf), ``home`` ($HOME/.config/...) or ``env``
     (CONTAINERS_REGISTRIES_CONF).  Returns (process, the registries.conf, the destination)."""
-    skopeo = require_tools("skopeo")["skopeo"]
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     tmp.mkdir()
     conf = tmp_path / "registries.conf"
@@ -52,21 +50,23 @@ def skopeo_copy(
         conf = home / ".config" / "containers" / "registries.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(registries_conf(mirror.host))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(tmp)}
-    flags = ["--insecure-policy", "--debug", "--command-timeout", "30s"]
+    env: dict[str, str] = {}
+    flags = ["--debug", "--command-timeout", "30s"]
     if how == "flag":
         flags += ["--registries-conf", str(conf)]
     elif how == "env":
         env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
     dest = tmp_path / "dest"
-    proc = subprocess.run(
-        [skopeo, *flags, "copy", "--retry-times", "0", f"docker://{ref}", f"dir:{dest}"],
+    proc = skopeo_attempt(
+        *flags,
+        "copy",
+        "--retry-times",
+        "0",
+        f"docker://{ref}",
+        f"dir:{dest}",
+        home=home,
+        tmp=tmp,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
     )
     return proc, conf, dest
 

@@ -4,7 +4,6 @@ images, and a full disk (a real small tmpfs)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import sqlite3
@@ -23,9 +22,11 @@ from registry_mirror.storage import FilesystemBlobStore
 from tests.conftest import MirrorFactory
 from tests.support.disks import fill_disk, tmpfs
 from tests.support.faulty import FaultyProxy
-from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
-from tests.support.mirror import MirrorProcess
+from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, sha256_digest
+from tests.support.mirror import MirrorProcess, assert_log_quiet
 from tests.support.registry import RegistryProcess
+from tests.support.store import blob_file, blobs_dir, staging_dir, stored_files
+from tests.support.waits import wait_until, wait_until_async
 
 
 def pull(mirror: MirrorProcess, image: PushedImage) -> None:
@@ -41,13 +42,13 @@ def pull(mirror: MirrorProcess, image: PushedImage) -> None:
 
 
 def on_disk(mirror: MirrorProcess) -> set[str]:
-    return {p.name for p in (mirror.root / "blobs").rglob("*") if p.is_file()}
+    return {p.name for p in stored_files(mirror.root)}
 
 
 def disk_bytes(mirror: MirrorProcess) -> int:
     """Bytes on disk of the cached blobs (eviction may remove files while we count)."""
     total = 0
-    for path in (mirror.root / "blobs").rglob("*"):
+    for path in blobs_dir(mirror.root).rglob("*"):
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -59,15 +60,6 @@ def disk_bytes(mirror: MirrorProcess) -> int:
 
 def hexes(image: PushedImage) -> set[str]:
     return {d.split(":")[1] for d in [image.digest, *image.blobs]}
-
-
-def wait_for(condition: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def item(digest: str, size: int, last: float, manifest: bool = False) -> CacheItem:
@@ -114,7 +106,7 @@ def test_quota_evicts_least_recently_used_image_first(
     # Last use is recorded in batches; give the batch time to reach the index.
     time.sleep(5.5)
     pull(mirror, images["d"])
-    wait_for(lambda: not hexes(images["b"]) & on_disk(mirror))
+    wait_until(lambda: not hexes(images["b"]) & on_disk(mirror), 15, interval=0.1)
     present = on_disk(mirror)
     assert hexes(images["a"]) <= present
     assert hexes(images["c"]) <= present
@@ -134,7 +126,7 @@ def test_max_idle_evicts_content_not_served(
     mirror = mirror_factory(upstream.url, args=["--storage-max-idle", "2s"])
     pull(mirror, image)
     assert hexes(image) <= on_disk(mirror)
-    wait_for(lambda: not hexes(image) & on_disk(mirror), timeout=20)
+    wait_until(lambda: not hexes(image) & on_disk(mirror), 20, interval=0.1)
     with httpx.Client(base_url=mirror.url, trust_env=False) as client:
         assert client.get("/v2/_catalog").json() == {"repositories": []}
 
@@ -152,7 +144,7 @@ def test_flood_of_distinct_images_stays_within_quota(
     for image in images:
         pull(mirror, image)
         peak = max(peak, disk_bytes(mirror))
-    wait_for(lambda: disk_bytes(mirror) <= quota)
+    wait_until(lambda: disk_bytes(mirror) <= quota, 15, interval=0.1)
     # Between two evictions the cache may pass the quota by what is being written.
     assert peak <= quota + 400_000
     assert hexes(images[-1]) <= on_disk(mirror)
@@ -178,10 +170,10 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
             pull(mirror, small)  # cache hits keep working
             pull(mirror, large)  # misses are proxied, uncached
         assert not hexes(large) & on_disk(mirror)
-        assert list((mirror.root / "staging").iterdir()) == []
+        assert list(staging_dir(mirror.root).iterdir()) == []
         log = mirror.log()
         assert log.count("cache storage failing") == 1  # once a minute, not per request
-        assert "Traceback" not in log
+        assert_log_quiet(log)
         filler.unlink()
         os.sync()
         pull(mirror, large)
@@ -234,7 +226,7 @@ def test_disk_full_mid_fill_continuation_is_verified_and_a_corrupt_one_aborted(
                 )
                 thread.start()
                 gate.wait_reached()
-                wait_for(lambda: bool(received))  # noqa: B023 - waited for here
+                wait_until(lambda: bool(received), 15, interval=0.1)  # noqa: B023 - waited for here
                 filler = fill_disk(small_disk)
                 gate.release()
                 thread.join(timeout=60)
@@ -252,7 +244,7 @@ def test_disk_full_mid_fill_continuation_is_verified_and_a_corrupt_one_aborted(
                 os.sync()
                 proxy.clear_faults()
                 proxy.clear_log()
-            assert "Traceback" not in mirror.log()
+            assert_log_quiet(mirror.log())
 
 
 def test_a_manifest_stored_between_plan_and_eviction_keeps_its_shared_layer(
@@ -404,10 +396,7 @@ def test_start_does_not_wait_for_the_cache_to_be_measured(tmp_path: Path) -> Non
         await asyncio.wait_for(evictor.measured.wait(), 5)
         # Measured + added; then the lone blob is evicted (90 % of the quota is 10,800).
         assert evictor.used in (10_000 + added, 10_000 + added - lone_disk)
-        for _ in range(100):
-            if index.evicted:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: index.evicted, 5)
         assert index.evicted == [str(lone)]
         assert evictor.used == 10_000 + added - lone_disk
         await evictor.stop()
@@ -426,11 +415,11 @@ def test_a_large_cache_is_served_at_once_and_measured_in_the_background(
         rows = []
         for i in range(20_000):
             data = i.to_bytes(4, "big") * 25
-            hex_ = hashlib.sha256(data).hexdigest()
-            path = mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
+            digest = sha256_digest(data)
+            path = blob_file(mirror.root, digest)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-            rows.append((f"sha256:{hex_}", len(data), 0.0, time.time(), 0))
+            rows.append((digest, len(data), 0.0, time.time(), 0))
         db = sqlite3.connect(mirror.root / "index.db")
         with db:  # indexed: nothing to adopt
             db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
@@ -439,7 +428,7 @@ def test_a_large_cache_is_served_at_once_and_measured_in_the_background(
         started = time.monotonic()
         mirror.start()
         assert time.monotonic() - started < 10
-        wait_for(lambda: "cache measured" in mirror.log())
+        wait_until(lambda: "cache measured" in mirror.log(), 15, interval=0.1)
         measured = re.search(r"cache measured: (\d+) bytes on disk", mirror.log())
         assert measured is not None and int(measured.group(1)) == disk_bytes(mirror) > 20_000 * 100
         assert "files indexed again" not in mirror.log()

@@ -6,8 +6,6 @@ fails another's clients."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,7 +16,9 @@ from tests.mirror.test_pull_through import skopeo_dir
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
+from tests.support.oci import error_code
 from tests.support.registry import RegistryProcess
+from tests.support.waits import wait_until
 
 ACCEPT = {"Accept": MANIFEST_ACCEPT}
 
@@ -36,17 +36,6 @@ def pull(client: httpx.Client, repo: str, image: PushedImage) -> None:
         blob = client.get(f"/v2/{repo}/blobs/{digest}")
         assert blob.status_code == 200
         assert blob.content == data
-
-
-def error_code(response: httpx.Response) -> str:
-    return str(response.json()["errors"][0]["code"])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_content_cached_through_one_repository_is_unknown_under_another(
@@ -160,7 +149,7 @@ def test_a_slow_missing_digest_in_one_repository_does_not_fail_another(
 
     slow = threading.Thread(target=fetch, args=("library/lacks",))
     slow.start()
-    wait_for(lambda: proxy.count("GET", rf"^/v2/library/lacks/{what}/") == 1)
+    wait_until(lambda: proxy.count("GET", rf"^/v2/library/lacks/{what}/") == 1, interval=0.02)
     fetch("library/has")
     slow.join(30)
     assert results["library/has"].status_code == 200
@@ -206,7 +195,9 @@ def test_a_fill_in_progress_serves_another_repository_only_once_confirmed_there(
 
         follower = threading.Thread(target=follow)
         follower.start()
-        wait_for(lambda: proxy.count("HEAD", rf"^/v2/library/also/blobs/{layer}$") == 1)
+        wait_until(
+            lambda: proxy.count("HEAD", rf"^/v2/library/also/blobs/{layer}$") == 1, interval=0.02
+        )
     finally:
         gate.release()
     filler.join(30)

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import MirrorFactory
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess
+from tests.support.oci import error_code
 from tests.support.registry import RegistryProcess, make_htpasswd_line
 from tests.support.tls import tls_args
 
@@ -129,7 +130,7 @@ def test_access_matrix(setup: Setup, credential: str, upstream: RegistryProcess)
             if want == 401 and "WWW-Authenticate" not in r.headers:
                 wrong.append(f"{what}: 401 without a challenge")
             if want == 404 and method == "GET":
-                code = r.json()["errors"][0]["code"]
+                code = error_code(r)
                 if code not in ("MANIFEST_UNKNOWN", "BLOB_UNKNOWN"):
                     wrong.append(f"{what}: error code {code}")
         catalog = client.get("/v2/_catalog")

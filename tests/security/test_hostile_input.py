@@ -43,7 +43,8 @@ from registry_mirror.reference import (
     parse_repo_name,
 )
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import MirrorProcess, assert_log_quiet
+from tests.support.oci import oci_error_codes
 from tests.support.registry import RegistryProcess
 from tests.support.resources import Resources, assert_returns_to_baseline, resources
 
@@ -90,7 +91,6 @@ PARSEABLE_METHODS = (
 )
 MAX_TARGET = 7900  # the mirror's request-line limit is 8190 bytes; beyond is the parser's job
 MAX_HEADER_VALUE = 7000
-LOG_ALARMS = ("Traceback", "internal error", "Task exception was never retrieved")
 
 # ---------------------------------------------------------------------- case counting
 
@@ -185,8 +185,7 @@ class Env:
     def check_log(self, text: str | None = None) -> None:
         """Nothing alarming in the mirror's log since the last read (or in ``text``)."""
         text = self.read_log() if text is None else text
-        for alarm in LOG_ALARMS:
-            assert alarm not in text, f"{alarm!r} in the mirror's log:\n{text[-4000:]}"
+        assert_log_quiet(text, tail=4000)
 
     def check_files(self) -> None:
         """No file appeared outside the storage root; nothing inside it leads out of it."""
@@ -201,12 +200,12 @@ class Env:
     def own_log(self) -> Iterator[None]:
         """For a test that is not a property: checks only its own log lines, and whatever
         it leaves there (failing or not) is not blamed on the next test."""
-        self.log_offset = self.mirror.log_path.stat().st_size
+        self.log_offset = self.mirror.log_size()
         try:
             yield
             self.check_log()
         finally:
-            self.log_offset = self.mirror.log_path.stat().st_size
+            self.log_offset = self.mirror.log_size()
 
     @contextlib.contextmanager
     def upstream_untouched(self, expect: bool) -> Iterator[None]:
@@ -293,17 +292,7 @@ def _report_cases(request: pytest.FixtureRequest) -> None:
 
 def oci_codes(reply: Reply) -> list[str]:
     """The error codes of an OCI error body; fails if the body is anything else."""
-    assert reply.headers.get("content-type", "").startswith("application/json"), reply
-    body = json.loads(reply.body)
-    assert isinstance(body, dict) and set(body) == {"errors"}, body
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    for error in errors:
-        assert isinstance(error, dict) and set(error) == {"code", "message", "detail"}, body
-        assert isinstance(error["code"], str) and error["code"], body
-        assert isinstance(error["message"], str) and error["message"], body
-    assert b"Traceback" not in reply.body
-    return [error["code"] for error in errors]
+    return oci_error_codes(reply.headers.get("content-type", ""), reply.body)
 
 
 def check_reply(env: Env, method: str, reply: Reply) -> list[str]:

@@ -12,7 +12,6 @@ cases that need their own mirror (other flags, a raw upstream) start one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import socket
@@ -36,20 +35,19 @@ from tests.support.images import (
     OCI_MANIFEST,
     PushedImage,
     push_image,
+    sha256_digest,
 )
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import MirrorProcess, assert_log_quiet
+from tests.support.oci import error_code, error_detail
 from tests.support.registry import RegistryProcess
 from tests.support.resources import LAZY_THREADS, Resources, assert_returns_to_baseline, resources
+from tests.support.store import blob_file, staged_files
+from tests.support.waits import wait_until
 
 MiB = 1 << 20
 BLOB = r"/blobs/sha256:[0-9a-f]{64}$"
 MANIFEST = r"/manifests/"
 ACCEPT = {"Accept": MANIFEST_ACCEPT}
-LOG_ALARMS = ("Traceback", "internal error", "Task exception was never retrieved")
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------- a raw TCP server
@@ -177,7 +175,7 @@ def stack(shared: Stack) -> Iterator[Stack]:
     shared.proxy.clear_faults()
     shared.proxy.clear_log()
     shared.listener.clear()
-    shared.log_offset = shared.mirror.log_path.stat().st_size
+    shared.log_offset = shared.mirror.log_size()
     yield shared
     shared.proxy.clear_faults()
     # Whatever the upstream sent, the mirror holds no more than before it all began.
@@ -197,62 +195,22 @@ def repo(request: pytest.FixtureRequest) -> str:
 # ---------------------------------------------------------------------- helpers
 
 
-def error_code(response: httpx.Response) -> str:
-    """The (first) OCI error code; fails unless the body is exactly the OCI error shape."""
-    assert response.headers.get("Content-Type", "").startswith("application/json"), response
-    body = json.loads(response.content)
-    assert set(body) == {"errors"}, body
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    for error in errors:
-        assert set(error) == {"code", "message", "detail"}, body
-        assert isinstance(error["message"], str) and error["message"], body
-    assert "Traceback" not in response.text
-    return str(errors[0]["code"])
-
-
-def error_detail(response: httpx.Response) -> object:
-    return json.loads(response.content)["errors"][0]["detail"]
-
-
-def blob_file(mirror: MirrorProcess, digest: str) -> Path:
-    hex_ = digest.removeprefix("sha256:")
-    return mirror.root / "blobs" / "sha256" / hex_[:2] / hex_
-
-
-def staged(mirror: MirrorProcess) -> list[Path]:
-    return sorted((mirror.root / "staging").iterdir())
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def log_since(mirror: MirrorProcess, offset: int) -> str:
-    with mirror.log_path.open("rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
-
-
 def assert_healthy(mirror: MirrorProcess, log_offset: int = 0) -> None:
     """Alive and answering, nothing left in staging, and a quiet log (since the offset)."""
     with httpx.Client(base_url=mirror.url, timeout=10, trust_env=False) as client:
         assert client.get("/v2/").status_code == 200
-    assert wait_for(lambda: staged(mirror) == []), staged(mirror)
-    text = log_since(mirror, log_offset)
-    for alarm in LOG_ALARMS:
-        assert alarm not in text, f"{alarm!r} in the mirror's log:\n{text[-5000:]}"
+    wait_until(
+        lambda: staged_files(mirror.root) == [],
+        interval=0.02,
+        message=lambda: staged_files(mirror.root),
+    )
+    assert_log_quiet(mirror.log(since=log_offset))
 
 
 def assert_not_cached(stack: Stack, repo: str, *digests: str) -> None:
     """None of ``digests`` is in the store, and the repository is not in the catalog."""
     for digest in digests:
-        assert not blob_file(stack.mirror, digest).exists(), digest
+        assert not blob_file(stack.mirror.root, digest).exists(), digest
     catalog = stack.client.get("/v2/_catalog", params={"n": 10000}).json()["repositories"]
     assert repo not in catalog
 
@@ -265,12 +223,12 @@ def push(upstream: RegistryProcess, repo: str, tag: str = "latest", seed: int = 
 
 def manifest_fault_headers(body: bytes, media_type: str = OCI_MANIFEST) -> dict[str, str]:
     """What a registry sends with a manifest: the right type and the body's own digest."""
-    return {"Content-Type": media_type, "Docker-Content-Digest": sha256(body)}
+    return {"Content-Type": media_type, "Docker-Content-Digest": sha256_digest(body)}
 
 
 # ---------------------------------------------------------------------- manifests
 
-_CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}")}
+_CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(b"{}")}
 MALFORMED_MANIFESTS: dict[str, bytes] = {
     "truncated JSON": b'{"schemaVersion": 2, "mediaType": "' + OCI_MANIFEST.encode() + b'", "la',
     "not UTF-8": b'{"schemaVersion": 2, "mediaType": "\xff\xfe\xc3("}',
@@ -301,7 +259,7 @@ def test_malformed_manifest_is_a_502_and_not_cached(stack: Stack, repo: str, bod
     """A manifest that is not the JSON its type promises, with the right digest header and
     content type: by digest and by tag, the client gets a 502; nothing is kept."""
     image = push(stack.upstream, repo)
-    digest = sha256(body)
+    digest = sha256_digest(body)
     fault = stack.proxy.status(
         ("HEAD", "GET"), MANIFEST, 200, headers=manifest_fault_headers(body), body=body
     )
@@ -358,7 +316,7 @@ def test_manifest_not_matching_the_digest_asked_for(stack: Stack, repo: str) -> 
 def test_oversized_manifest_is_a_502(stack: Stack, repo: str) -> None:
     """More than 4 MiB, announced by Content-Length: refused without a memory blow-up."""
     body = b'{"schemaVersion": 2, "pad": "' + b"x" * (5 * MiB) + b'"}'
-    digest = sha256(body)
+    digest = sha256_digest(body)
     stack.proxy.status(
         ("HEAD", "GET"), MANIFEST, 200, headers=manifest_fault_headers(body), body=body
     )
@@ -401,23 +359,28 @@ def test_endless_manifest_without_content_length_is_cut_off(
         mirror = mirror_factory(raw.url, name="endless")
         before = _rss(mirror.pid)
         with httpx.Client(base_url=mirror.url, timeout=60, trust_env=False) as client:
-            r = client.get(f"/v2/library/endless/manifests/{sha256(b'x')}", headers=ACCEPT)
+            r = client.get(f"/v2/library/endless/manifests/{sha256_digest(b'x')}", headers=ACCEPT)
         assert r.status_code == 502, (r.status_code, r.text[:300])
         assert error_code(r) == "UNKNOWN"
         grown = _rss(mirror.pid) - before
         assert grown < 48 * MiB, f"the mirror grew by {grown / MiB:.0f} MiB"
-        assert wait_for(lambda: raw.sent < total_chunks * len(chunk)), raw.sent
+        wait_until(
+            lambda: raw.sent < total_chunks * len(chunk), interval=0.02, message=lambda: raw.sent
+        )
     assert_healthy(mirror)
 
 
 def test_index_with_20000_entries_is_a_clear_502(stack: Stack, repo: str) -> None:
     entries = [
-        {"digest": sha256(i.to_bytes(4, "big")), "platform": {"os": "linux", "architecture": "a"}}
+        {
+            "digest": sha256_digest(i.to_bytes(4, "big")),
+            "platform": {"os": "linux", "architecture": "a"},
+        }
         for i in range(20_000)
     ]
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     assert len(body) < 4 * MiB  # within the size limit: the entry count is the problem
-    digest = sha256(body)
+    digest = sha256_digest(body)
     stack.proxy.status(
         ("HEAD", "GET"), MANIFEST, 200, headers=manifest_fault_headers(body, OCI_INDEX), body=body
     )
@@ -467,7 +430,7 @@ def test_manifest_is_never_served_as_a_foreign_media_type(
     if declared is not None:
         doc["mediaType"] = declared
     body = json.dumps({**doc, "repo": repo}).encode()  # a digest of its own
-    digest = sha256(body)
+    digest = sha256_digest(body)
     headers = {"Docker-Content-Digest": digest}
     if content_type:
         headers["Content-Type"] = content_type
@@ -502,7 +465,7 @@ def test_blob_with_a_wrong_content_length_is_never_served_whole_nor_cached(
 ) -> None:
     surplus, withheld = lengths
     data = bytes(range(256)) * 1024  # 256 KiB
-    digest = sha256(data)
+    digest = sha256_digest(data)
 
     def lying(method: str, path: str, headers: dict[str, str]) -> Iterator[bytes]:
         if not path.endswith(f"/blobs/{digest}"):
@@ -539,7 +502,7 @@ def test_blob_with_a_wrong_content_length_is_never_served_whole_nor_cached(
             assert aborted is not None, "a response with the wrong content was completed"
             assert len(body) < len(data) + max(surplus, 0)
         assert len(raw.requests) <= 4  # the first try and at most three resumes
-    assert not blob_file(mirror, digest).exists()
+    assert not blob_file(mirror.root, digest).exists()
     assert_healthy(mirror)
 
 
@@ -652,7 +615,7 @@ def test_redirect_loop_ends_in_a_502(stack: Stack, repo: str, target: str) -> No
     assert r.status_code == 502, (r.status_code, r.text[:300])
     assert error_code(r) == "UNKNOWN"
     assert 1 <= stack.proxy.count("GET", BLOB) <= 6
-    assert not blob_file(stack.mirror, digest).exists()
+    assert not blob_file(stack.mirror.root, digest).exists()
     assert_healthy(stack.mirror, stack.log_offset)
 
 
@@ -676,7 +639,7 @@ def test_redirect_to_a_non_http_url_is_a_502(stack: Stack, repo: str, target: st
     assert error_code(r) == "UNKNOWN"
     assert "root:" not in r.text
     assert stack.listener.connections == 0, stack.listener.requests
-    assert not blob_file(stack.mirror, digest).exists()
+    assert not blob_file(stack.mirror.root, digest).exists()
     assert_healthy(stack.mirror, stack.log_offset)
 
 
@@ -692,7 +655,7 @@ def test_redirect_without_a_location_is_a_502(
     assert r.status_code == 502, (r.status_code, r.text[:300])
     assert error_code(r) == "UNKNOWN"
     assert stack.proxy.count("GET", BLOB) == 1
-    assert not blob_file(stack.mirror, digest).exists()
+    assert not blob_file(stack.mirror.root, digest).exists()
     assert_healthy(stack.mirror, stack.log_offset)
 
 
@@ -730,7 +693,7 @@ def test_redirect_to_a_private_address_is_refused(stack: Stack, repo: str, targe
     assert r.status_code == 502, (r.status_code, r.text[:300])
     assert error_code(r) == "UNKNOWN"
     assert stack.listener.connections == 0, stack.listener.requests
-    assert not blob_file(stack.mirror, digest).exists()
+    assert not blob_file(stack.mirror.root, digest).exists()
     assert_healthy(stack.mirror, stack.log_offset)
 
 
@@ -752,7 +715,7 @@ def test_redirect_to_a_second_proxy_on_loopback(
         assert r.status_code == 502, (r.status_code, r.text[:300])
         assert error_code(r) == "UNKNOWN"
         assert cdn.requests() == []
-        assert not blob_file(refusing, digest).exists()
+        assert not blob_file(refusing.root, digest).exists()
 
         with httpx.Client(base_url=allowing.url, timeout=30, trust_env=False) as client:
             r = client.get(f"/v2/library/cdn/blobs/{digest}")
@@ -761,7 +724,7 @@ def test_redirect_to_a_second_proxy_on_loopback(
         assert [(c.path, c.query, c.status) for c in cdn.requests("GET", BLOB)] == [
             (f"/v2/library/cdn/blobs/{digest}", "sig=1", 200)
         ]
-        assert blob_file(allowing, digest).read_bytes() == image.blobs[digest]
+        assert blob_file(allowing.root, digest).read_bytes() == image.blobs[digest]
     assert_healthy(refusing)
     assert_healthy(allowing)
 

@@ -22,10 +22,11 @@ import re
 import shutil
 import threading
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Self
 
 import pytest
+
+from .service import Service
 
 __all__ = [
     "DroppingProxy",
@@ -65,10 +66,14 @@ _ACCESS_RE = re.compile(
 )
 
 
-def mirror_access_lines(log: str) -> list[tuple[str, str]]:
+def mirror_access_lines(log: str, under: str = "") -> list[tuple[str, str]]:
     """``(method, target)`` of every request line in the mirror's access log (target: path and
-    query as sent)."""
-    return [(m["method"], m["target"]) for m in _ACCESS_RE.finditer(log)]
+    query as sent); with ``under``, of those whose target starts with it."""
+    return [
+        (m["method"], m["target"])
+        for m in _ACCESS_RE.finditer(log)
+        if m["target"].startswith(under)
+    ]
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class _Drop:
     dropped: list[ProxiedRequest] = field(default_factory=list)
 
 
-class DroppingProxy:
+class DroppingProxy(Service):
     """TCP proxy to ``127.0.0.1:target_port`` on ``127.0.0.1:<free port>`` (see module doc)."""
 
     def __init__(self, target_port: int) -> None:
@@ -150,14 +155,6 @@ class DroppingProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ the proxy
 

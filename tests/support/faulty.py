@@ -39,13 +39,14 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal, Self
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from .service import Service
 
 __all__ = ["Fault", "FaultyProxy", "Recorded"]
 
@@ -120,7 +121,7 @@ class Recorded:
     status: int | None = None  # what the proxy answered (None until it answers)
 
 
-class FaultyProxy:
+class FaultyProxy(Service):
     """A reverse proxy to ``upstream_url`` on ``127.0.0.1:<free port>``; see the module doc.
 
     :meth:`stop` and :meth:`start` again keep the port, so an upstream outage is a
@@ -198,14 +199,6 @@ class FaultyProxy:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ faults
 

@@ -11,18 +11,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 from .ports import free_port
+from .service import Service
 
-__all__ = ["STALE", "MirrorError", "MirrorProcess", "mirror_binary"]
+__all__ = [
+    "LOG_ALARMS",
+    "STALE",
+    "MirrorError",
+    "MirrorProcess",
+    "assert_log_quiet",
+    "mirror_binary",
+    "mirror_command",
+]
 
 _PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"})
 
 
 #: The ``Warning`` of an answer from the cache because upstream could not be asked.
 STALE = '110 - "served from cache: upstream unavailable"'
+
+
+#: What never belongs in the mirror's log, whatever a test did to it: an exception that
+#: reached the error middleware (logged with its traceback as an internal error), or a task
+#: whose exception nobody retrieved.
+LOG_ALARMS = ("Traceback", "internal error", "Task exception was never retrieved")
+
+
+def assert_log_quiet(log: str, *, tail: int = 5000) -> None:
+    """Fail, showing the end of ``log``, if it holds one of :data:`LOG_ALARMS`."""
+    for alarm in LOG_ALARMS:
+        assert alarm not in log, f"{alarm!r} in the mirror's log:\n{log[-tail:]}"
 
 
 class MirrorError(RuntimeError):
@@ -33,7 +53,24 @@ def mirror_binary() -> str:
     return str(Path(sys.executable).parent / "registry-mirror")
 
 
-class MirrorProcess:
+def mirror_command(
+    *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``registry-mirror ARGS`` (an operator command: ``ls``, ``verify``, ``prune``...) run to
+    its end without the registry settings of the environment; the caller judges it."""
+    return subprocess.run(
+        [mirror_binary(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
+        env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+    )
+
+
+class MirrorProcess(Service):
     """``registry-mirror serve`` on ``127.0.0.1:<free port>`` with its cache in ``root``.
 
     ``args`` are extra command-line arguments; ``env`` extra environment variables.
@@ -173,15 +210,16 @@ class MirrorProcess:
     def stderr_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
-    def log(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")
+    def log(self, since: int = 0) -> str:
+        """The log, from byte offset ``since`` (a former ``log_size()``)."""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
         return ""
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def log_size(self) -> int:
+        """Bytes logged so far: ``log(since=...)`` reads what comes after."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0

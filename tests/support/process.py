@@ -8,10 +8,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import ClassVar, Self
 
 from .ports import free_port
+from .service import Service
 
 __all__ = ["ServerError", "ServerProcess", "find_binary", "listening"]
 
@@ -32,7 +32,7 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class ServerProcess:
+class ServerProcess(Service):
     """Subclasses say what to run (:meth:`command`, after :meth:`prepare` wrote its
     configuration into ``workdir``), on which ports it listens, and what it logged."""
 
@@ -90,11 +90,3 @@ class ServerProcess:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

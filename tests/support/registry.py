@@ -40,10 +40,10 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Self
 
 from .ports import free_port
+from .service import Service
 
 __all__ = [
     "PROBE_USER_AGENT",
@@ -174,7 +174,7 @@ def parse_access_log_line(line: str) -> LoggedRequest | None:
     )
 
 
-class RegistryProcess:
+class RegistryProcess(Service):
     """The real distribution registry as a subprocess listening on ``127.0.0.1:<free port>``.
 
     Files in ``workdir``: ``config.yml`` (written as JSON, which YAML accepts), ``data/`` (the
@@ -416,17 +416,6 @@ class RegistryProcess:
             if f is not None:
                 f.close()
         self._stdout = self._stderr = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         where = self.url if self._port is not None else "not started"

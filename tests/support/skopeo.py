@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
+from .clients import require_tools
 from .images import PushedImage
 
 __all__ = [
     "SkopeoError",
     "assert_dir_copy",
+    "skopeo_attempt",
     "skopeo_binary",
     "skopeo_copy",
     "skopeo_inspect_raw",
@@ -41,6 +45,29 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     if proc.returncode != 0:
         raise SkopeoError(f"skopeo {' '.join(args)} -> {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def skopeo_attempt(
+    *args: str, home: Path, tmp: Path, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``skopeo --insecure-policy ARGS`` with a ``HOME`` and ``TMPDIR`` of its own (none of the
+    machine's configuration) plus ``env``; the caller judges the result (the test fails if
+    skopeo is missing)."""
+    binary = require_tools("skopeo")["skopeo"]
+    return subprocess.run(
+        [binary, "--insecure-policy", *args],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def skopeo_copy(
