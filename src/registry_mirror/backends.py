@@ -46,8 +46,8 @@ async def open_index(
     """The index of the cache, open; ``generation`` tells it (and its memories) when an
     operator command removed content."""
     index = SQLiteIndex(settings.root / INDEX_FILE, generation=generation)
-    await index.open()
     try:
+        await index.open()
         yield index
     finally:
         await index.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -119,6 +120,7 @@ class SQLiteIndex:
 
     async def open(self) -> None:
         def connect() -> None:
+            db: sqlite3.Connection | None = None
             try:
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -126,7 +128,6 @@ class SQLiteIndex:
                 db.execute("PRAGMA busy_timeout=5000")
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
-                    db.close()
                     raise IndexFailure(
                         f"index {self.path} has schema {version}, newer than this version"
                         f" understands ({SCHEMA_VERSION})"
@@ -135,27 +136,33 @@ class SQLiteIndex:
                 if version != SCHEMA_VERSION:  # a read-only command writes nothing
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.isolation_level = "DEFERRED"
-            except sqlite3.Error as exc:
-                raise IndexFailure(f"cannot open index {self.path}: {exc}") from exc
+            except BaseException as exc:
+                if db is not None:
+                    db.close()  # never a descriptor left behind by a failed open
+                if isinstance(exc, sqlite3.Error):
+                    raise IndexFailure(f"cannot open index {self.path}: {exc}") from exc
+                raise
             self._db = db
 
         await self._on_thread(connect)
 
     async def close(self) -> None:
-        if self._db is None:
-            return
-        try:
-            await self.flush()
-        except IndexFailure as exc:
-            log.error("last-use times not saved: %s", exc)
+        """Flush, close the connection and stop the index thread (also after a failed
+        or no open); closing twice is harmless."""
+        if self._db is not None:
+            try:
+                await self.flush()
+            except IndexFailure as exc:
+                log.error("last-use times not saved: %s", exc)
 
         def close() -> None:
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close)
-        self._executor.shutdown(wait=True)
+        with contextlib.suppress(IndexFailure):  # already closed
+            await self._on_thread(close)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     @staticmethod
     def _repo_id(db: sqlite3.Connection, repo: str) -> int:
