@@ -1,0 +1,241 @@
+"""The pull-through policy, seen from HTTP and counted at the upstream: tags always
+revalidated, digests from the cache, one download per blob, content per repository,
+stale answers on outages, nothing cached that does not match its digest."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import aiohttp
+import pytest
+
+from registry_mirror.media_types import DOCKER_MANIFEST, OCI_MANIFEST
+from registry_mirror.reference import Digest
+from tests.inprocess.harness import InProcessMirror, error_codes
+from tests.support.fakes import FakeUpstream, make_image
+
+Mirror = Callable[[], AbstractAsyncContextManager[InProcessMirror]]
+
+ACCEPT = {"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"}
+TAG = "/v2/library/app/manifests/1"
+STALE = '110 - "served from cache: upstream unavailable"'
+
+
+async def test_a_tag_is_revalidated_on_every_request(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    first = upstream.put_image("library/app", "1", make_image("first"))
+    async with mirror() as m:
+        for method in ("GET", "GET", "HEAD", "GET"):
+            response = await m.client.request(method, TAG, headers=ACCEPT)
+            assert response.status == 200
+            assert response.headers["Docker-Content-Digest"] == str(first.digest)
+        assert upstream.count("head_manifest", "library/app", "1") == 4
+        assert upstream.count("get_manifest") == 1  # the body once, then from the cache
+        second = upstream.put_image("library/app", "1", make_image("second"))  # retagged
+        moved = await m.client.get(TAG, headers=ACCEPT)
+        assert moved.headers["Docker-Content-Digest"] == str(second.digest)
+        assert await moved.read() == second.manifest
+        assert upstream.count("head_manifest", "library/app", "1") == 5
+        assert await m.index.get_tag("docker.io/library/app", "1") == second.digest
+        upstream.untag("library/app", "1")
+        gone = await m.client.get(TAG, headers=ACCEPT)
+        assert gone.status == 404
+        assert await error_codes(gone) == ["MANIFEST_UNKNOWN"]
+        assert await m.index.get_tag("docker.io/library/app", "1") is None
+
+
+async def test_cached_digests_do_not_reach_upstream(mirror: Mirror, upstream: FakeUpstream) -> None:
+    image = upstream.put_image("library/app", "1")
+    async with mirror() as m:
+        assert (await m.client.get(f"/v2/library/app/manifests/{image.digest}")).status == 200
+        for digest in image.blobs:
+            assert (await m.client.get(f"/v2/library/app/blobs/{digest}")).status == 200
+        asked = upstream.counts()
+        assert asked["get_blob"] == len(image.blobs)
+        for _ in range(3):
+            manifest = await m.client.get(f"/v2/library/app/manifests/{image.digest}")
+            assert await manifest.read() == image.manifest
+            for digest, data in image.blobs.items():
+                blob = await m.client.get(f"/v2/library/app/blobs/{digest}")
+                assert await blob.read() == data
+                assert (await m.client.head(f"/v2/library/app/blobs/{digest}")).status == 200
+        assert upstream.counts() == asked
+        upstream.down = True  # not even asked: an outage changes nothing
+        assert (await m.client.get(f"/v2/library/app/manifests/{image.digest}")).status == 200
+        assert upstream.counts() == asked
+
+
+async def test_one_download_for_concurrent_cold_requests(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    image = upstream.put_image("library/app", "1", make_image("big", layers=[400_000]))
+    digest, data = image.layer_digests[0], image.layers[0]
+    upstream.delay = 0.05  # every client is waiting before upstream answers
+    upstream.chunk_delay = 0.002
+    async with mirror() as m:
+
+        async def pull() -> bytes:
+            response = await m.client.get(f"/v2/library/app/blobs/{digest}")
+            assert response.status == 200
+            return await response.read()
+
+        bodies = await asyncio.gather(*(pull() for _ in range(16)))
+        assert all(body == data for body in bodies)
+        assert upstream.count("get_blob") == 1
+        assert m.store.blobs[digest] == data
+        assert upstream.open_streams == 0
+
+
+async def test_content_is_per_repository(mirror: Mirror, upstream: FakeUpstream) -> None:
+    image = upstream.put_image("library/a", "1", make_image("shared"))
+    layer = image.layer_digests[0]
+    async with mirror() as m:
+        assert (await m.client.get(f"/v2/library/a/manifests/{image.digest}")).status == 200
+        assert (await m.client.get(f"/v2/library/a/blobs/{layer}")).status == 200
+        assert upstream.count("get_blob") == 1
+        # Cached through library/a; library/b upstream has no such content.
+        blob = await m.client.get(f"/v2/library/b/blobs/{layer}")
+        assert blob.status == 404
+        assert await error_codes(blob) == ["BLOB_UNKNOWN"]
+        manifest = await m.client.get(f"/v2/library/b/manifests/{image.digest}")
+        assert manifest.status == 404
+        assert await error_codes(manifest) == ["MANIFEST_UNKNOWN"]
+        head = await m.client.head(f"/v2/library/b/blobs/{layer}")
+        assert head.status == 404
+        assert upstream.count("head_blob", "library/b", layer) == 2
+        assert upstream.count("head_manifest", "library/b", image.digest) == 1
+        upstream.put_image("library/b", None, image)  # now it does: confirmed, not fetched
+        blob = await m.client.get(f"/v2/library/b/blobs/{layer}")
+        assert blob.status == 200
+        assert await blob.read() == image.layers[0]
+        manifest = await m.client.get(f"/v2/library/b/manifests/{image.digest}")
+        assert manifest.status == 200
+        assert await manifest.read() == image.manifest
+        assert upstream.count("head_blob", "library/b", layer) == 3
+        assert upstream.count("head_manifest", "library/b", image.digest) == 2
+        assert upstream.count("get_blob") == 1
+        assert upstream.count("get_manifest") == 1
+        # Confirmed once, linked from then on: not asked again.
+        asked = upstream.counts()
+        assert (await m.client.get(f"/v2/library/b/blobs/{layer}")).status == 200
+        assert (await m.client.get(f"/v2/library/b/manifests/{image.digest}")).status == 200
+        assert upstream.counts() == asked
+
+
+@pytest.mark.parametrize("fault", ["down", "rate_limited"])
+async def test_a_cached_tag_is_served_stale(
+    mirror: Mirror, upstream: FakeUpstream, fault: str
+) -> None:
+    image = upstream.put_image("library/app", "1")
+    upstream.put_image("library/app", "2", make_image("two"))
+    async with mirror() as m:
+        fresh = await m.client.get(TAG, headers=ACCEPT)
+        assert fresh.status == 200
+        assert "Warning" not in fresh.headers
+        setattr(upstream, fault, True)
+        for method in ("GET", "HEAD"):
+            stale = await m.client.request(method, TAG, headers=ACCEPT)
+            assert stale.status == 200, method
+            assert stale.headers["Docker-Content-Digest"] == str(image.digest)
+            assert stale.headers["Warning"] == STALE
+            assert await stale.read() == (image.manifest if method == "GET" else b"")
+        assert upstream.count("head_manifest", "library/app", "1") == 3  # still asked first
+        tags = await m.client.get("/v2/library/app/tags/list")
+        assert tags.status == 200
+        assert (await tags.json())["tags"] == ["1"]  # what the cache knows
+        assert tags.headers["Warning"] == STALE
+        uncached = await m.client.get("/v2/library/app/manifests/2", headers=ACCEPT)
+        blob = await m.client.get(f"/v2/library/app/blobs/{image.layer_digests[0]}")
+        if fault == "down":
+            for response in (uncached, blob):
+                assert response.status == 503
+                assert await error_codes(response) == ["UNAVAILABLE"]
+        else:
+            for response in (uncached, blob):
+                assert response.status == 429
+                assert response.headers["Retry-After"] == "30"
+                assert await error_codes(response) == ["TOOMANYREQUESTS"]
+        setattr(upstream, fault, False)
+        back = await m.client.get(TAG, headers=ACCEPT)
+        assert back.status == 200
+        assert "Warning" not in back.headers
+
+
+async def test_a_mismatching_blob_is_never_cached(mirror: Mirror, upstream: FakeUpstream) -> None:
+    image = upstream.put_image("library/app", "1")
+    digest = image.layer_digests[1]
+    upstream.mismatch(digest)
+    path = f"/v2/library/app/blobs/{digest}"
+    async with mirror() as m:
+        for _ in range(2):
+            response = await m.client.get(path)
+            # The headers are out before the verdict; the last bytes never are.
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        assert upstream.count("get_blob") == 2  # nothing kept: asked again
+        assert m.store.blobs == {}
+        assert await m.index.known([str(digest)]) == set()
+        assert upstream.open_streams == 0
+        assert (await m.client.get("/v2/_catalog")).status == 200
+
+
+async def test_a_mismatching_manifest_is_refused(mirror: Mirror, upstream: FakeUpstream) -> None:
+    image = upstream.put_image("library/app", "1")
+    lie = Digest.of(b"another manifest")
+    upstream.put_manifest("library/app", image.manifest, image.media_type)
+    repository = upstream.repositories["library/app"]
+    repository.manifests[lie] = repository.manifests[image.digest]  # served under a lie
+    async with mirror() as m:
+        response = await m.client.get(f"/v2/library/app/manifests/{lie}")
+        assert response.status == 502
+        assert await error_codes(response) == ["UNKNOWN"]
+        assert m.store.blobs == {}
+        assert await m.index.get_manifest(lie) is None
+
+
+async def test_a_cut_download_resumes(mirror: Mirror, upstream: FakeUpstream) -> None:
+    image = upstream.put_image("library/app", "1", make_image("cut", layers=[100_000]))
+    digest, data = image.layer_digests[0], image.layers[0]
+    upstream.cut(digest, after=30_000, times=1)
+    async with mirror() as m:
+        response = await m.client.get(f"/v2/library/app/blobs/{digest}")
+        assert response.status == 200
+        assert await response.read() == data
+        offsets = [call.offset for call in upstream.calls if call.method == "get_blob"]
+        assert offsets == [0, 30_000]  # resumed where it broke, not from the start
+        assert m.store.blobs[digest] == data
+        assert await m.index.known([str(digest)]) == {str(digest)}
+
+
+async def test_a_download_that_keeps_breaking_caches_nothing(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    image = upstream.put_image("library/app", "1", make_image("cut", layers=[100_000]))
+    digest = image.layer_digests[0]
+    upstream.cut(digest, after=10_000)  # every attempt
+    async with mirror() as m:
+        response = await m.client.get(f"/v2/library/app/blobs/{digest}")
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+        assert upstream.count("get_blob") == 3  # the attempts, each from where it broke
+        assert m.store.blobs == {}
+        assert await m.index.known([str(digest)]) == set()
+        assert upstream.open_streams == 0
+
+
+async def test_an_upstream_naming_no_digest(mirror: Mirror, upstream: FakeUpstream) -> None:
+    image = upstream.put_image("library/app", "1")
+    upstream.announce_digests = False  # a HEAD tells nothing: the tag is fetched and hashed
+    async with mirror() as m:
+        for _ in range(2):
+            response = await m.client.get(TAG, headers=ACCEPT)
+            assert response.status == 200
+            assert response.headers["Docker-Content-Digest"] == str(image.digest)
+            assert await response.read() == image.manifest
+        assert upstream.count("head_manifest") == 2
+        assert upstream.count("get_manifest") == 2
+        assert await m.index.get_tag("docker.io/library/app", "1") == image.digest
