@@ -235,8 +235,15 @@ async def test_namespace_routing(start_mirror: StartMirror) -> None:
             assert refused.status == 404, path
             assert await error_codes(refused) == ["NAME_UNKNOWN"]
         assert hub.count() + ghcr.count() == before  # an unmirrored registry: nobody asked
-        listed = await m.client.get("/v2/owner/tool/tags/list?ns=ghcr.io&n=0")
-        assert listed.status == 200
+        ghcr.tag("owner/tool", "2", on_ghcr.digest)
+        listed = await m.client.get("/v2/owner/tool/tags/list?ns=ghcr.io&n=1")
+        assert await listed.json() == {"name": "owner/tool", "tags": ["1"]}
+        # The next page names the registry too.
+        assert listed.headers["Link"] == (
+            '</v2/owner/tool/tags/list?last=1&n=1&ns=ghcr.io>; rel="next"'
+        )
+        assert ghcr.count("list_tags") == 1
+        assert hub.count("list_tags") == 0
 
 
 async def test_catalog(start_mirror: StartMirror) -> None:

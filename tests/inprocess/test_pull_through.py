@@ -125,6 +125,79 @@ async def test_content_is_per_repository(mirror: Mirror, upstream: FakeUpstream)
         assert upstream.counts() == asked
 
 
+async def test_a_fill_in_progress_serves_another_repository(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    image = upstream.put_image("library/a", "1", make_image("shared", layers=[300_000]))
+    upstream.put_image("library/b", "1", image)
+    digest, data = image.layer_digests[0], image.layers[0]
+    upstream.chunk_delay = 0.005  # the download through library/a is still going
+
+    async def pull(repo: str) -> bytes:
+        response = await m.client.get(f"/v2/{repo}/blobs/{digest}")
+        assert response.status == 200
+        return await response.read()
+
+    async with mirror() as m:
+        first = asyncio.ensure_future(pull("library/a"))
+        await upstream.called("get_blob")
+        assert list(await asyncio.gather(first, pull("library/b"))) == [data, data]
+        assert upstream.count("get_blob") == 1  # followed, once upstream confirmed it there
+        assert upstream.count("head_blob", "library/b", digest) == 1
+
+
+async def test_a_client_leaving_does_not_stop_the_download(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    image = upstream.put_image("library/app", "1", make_image("left", layers=[600_000]))
+    digest, data = image.layer_digests[0], image.layers[0]
+    upstream.chunk_delay = 0.002
+    async with mirror() as m:
+        response = await m.client.get(f"/v2/library/app/blobs/{digest}")
+        assert len(await response.content.read(1000)) == 1000
+        response.close()  # gone after the first bytes
+        await asyncio.sleep(0.05)  # the server sees it go; the download goes on
+        again = await m.client.get(f"/v2/library/app/blobs/{digest}")
+        assert await again.read() == data
+        assert upstream.count("get_blob") == 1
+        assert m.store.blobs[digest] == data
+        assert upstream.open_streams == 0
+
+
+async def test_a_tag_resolved_by_head_is_recorded(mirror: Mirror, upstream: FakeUpstream) -> None:
+    """Docker and containerd resolve a tag with HEAD, then fetch the digest: the tag is
+    recorded then, and served stale in an outage."""
+    image = upstream.put_image("library/app", "1")
+    async with mirror() as m:
+        head = await m.client.head(TAG, headers=ACCEPT)
+        assert head.status == 200
+        assert head.headers["Content-Length"] == str(len(image.manifest))
+        assert upstream.counts() == {"head_manifest": 1}  # upstream's HEAD answered it
+        assert await m.index.get_tag("docker.io/library/app", "1") is None
+        by_digest = await m.client.get(f"/v2/library/app/manifests/{image.digest}")
+        assert await by_digest.read() == image.manifest
+        assert await m.index.get_tag("docker.io/library/app", "1") == image.digest
+        upstream.down = True
+        stale = await m.client.get(TAG, headers=ACCEPT)
+        assert stale.status == 200
+        assert stale.headers["Warning"] == STALE
+
+
+async def test_a_negotiated_tag_is_served_stale(mirror: Mirror, upstream: FakeUpstream) -> None:
+    index = upstream.put_index("library/multi", "1")
+    amd64 = index.images["linux/amd64"]
+    path = "/v2/library/multi/manifests/1"
+    async with mirror() as m:
+        fresh = await m.client.get(path, headers=ACCEPT)
+        assert fresh.headers["Docker-Content-Digest"] == str(amd64.digest)
+        upstream.down = True
+        stale = await m.client.get(path, headers=ACCEPT)
+        assert stale.status == 200
+        assert stale.headers["Docker-Content-Digest"] == str(amd64.digest)
+        assert stale.headers["Warning"] == STALE
+        assert await stale.read() == amd64.manifest
+
+
 @pytest.mark.parametrize("fault", ["down", "rate_limited"])
 async def test_a_cached_tag_is_served_stale(
     mirror: Mirror, upstream: FakeUpstream, fault: str
@@ -169,12 +242,18 @@ async def test_a_mismatching_blob_is_never_cached(mirror: Mirror, upstream: Fake
     digest = image.layer_digests[1]
     upstream.mismatch(digest)
     path = f"/v2/library/app/blobs/{digest}"
+    upstream.delay = 0.05  # the clients meet on one download
+
+    async def cut_off() -> None:
+        response = await m.client.get(path)
+        assert response.status == 200  # the headers are out before the verdict...
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()  # ...the last bytes never are
+
     async with mirror() as m:
-        for _ in range(2):
-            response = await m.client.get(path)
-            # The headers are out before the verdict; the last bytes never are.
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await response.read()
+        await asyncio.gather(*(cut_off() for _ in range(4)))
+        assert upstream.count("get_blob") == 1
+        await cut_off()
         assert upstream.count("get_blob") == 2  # nothing kept: asked again
         assert m.store.blobs == {}
         assert await m.index.known([str(digest)]) == set()

@@ -253,6 +253,7 @@ class FakeUpstream:
         self.open_streams = 0
         self._mismatched: set[Digest] = set()
         self._cuts: dict[Digest, _Cut] = {}
+        self._called = asyncio.Event()  # set (and replaced) at every call
 
     def __repr__(self) -> str:
         return f"<FakeUpstream {self._url} {sorted(self.repositories)}>"
@@ -371,8 +372,15 @@ class FakeUpstream:
     def reset_counts(self) -> None:
         self.calls.clear()
 
+    async def called(self, method: str, times: int = 1) -> None:
+        """Wait until ``method`` has been called ``times`` times."""
+        while self.count(method) < times:
+            await self._called.wait()
+
     async def _enter(self, call: Call) -> None:
         self.calls.append(call)
+        called, self._called = self._called, asyncio.Event()
+        called.set()
         if self.delay:
             await asyncio.sleep(self.delay)
         else:
