@@ -141,9 +141,13 @@ async def test_a_fill_in_progress_serves_another_repository(
     async with mirror() as m:
         first = asyncio.ensure_future(pull("library/a"))
         await upstream.called("get_blob")
+        elsewhere = await m.client.get(f"/v2/library/c/blobs/{digest}")  # not there
+        assert elsewhere.status == 404
+        assert await error_codes(elsewhere) == ["BLOB_UNKNOWN"]
         assert list(await asyncio.gather(first, pull("library/b"))) == [data, data]
         assert upstream.count("get_blob") == 1  # followed, once upstream confirmed it there
         assert upstream.count("head_blob", "library/b", digest) == 1
+        assert upstream.count("head_blob", "library/c", digest) == 1
 
 
 async def test_a_client_leaving_does_not_stop_the_download(
@@ -318,3 +322,22 @@ async def test_an_upstream_naming_no_digest(mirror: Mirror, upstream: FakeUpstre
         assert upstream.count("head_manifest") == 2
         assert upstream.count("get_manifest") == 2
         assert await m.index.get_tag("docker.io/library/app", "1") == image.digest
+
+
+async def test_stale_when_only_the_download_fails(mirror: Mirror, upstream: FakeUpstream) -> None:
+    """Upstream names a new digest for the tag, then cannot deliver it: the last cached
+    manifest of the tag is served, marked stale."""
+    old = upstream.put_image("library/app", "1", make_image("old"))
+    async with mirror() as m:
+        assert (await m.client.get(TAG, headers=ACCEPT)).status == 200
+        new = upstream.put_image("library/app", "1", make_image("new"))
+        upstream.down_for = {"get_manifest"}
+        stale = await m.client.get(TAG, headers=ACCEPT)
+        assert stale.status == 200
+        assert stale.headers["Docker-Content-Digest"] == str(old.digest)
+        assert stale.headers["Warning"] == STALE
+        assert upstream.count("head_manifest") == 2
+        upstream.down_for = set()
+        fresh = await m.client.get(TAG, headers=ACCEPT)
+        assert fresh.headers["Docker-Content-Digest"] == str(new.digest)
+        assert "Warning" not in fresh.headers

@@ -227,7 +227,8 @@ class FakeUpstream:
 
     Fault switches (plain attributes, set them at any time):
 
-    - ``down``: every call raises :class:`UpstreamUnavailable`;
+    - ``down``: every call raises :class:`UpstreamUnavailable`; ``down_for``: the calls of
+      these methods only (``{"get_manifest"}``: HEADs answer, downloads fail);
     - ``rate_limited``: every call raises :class:`UpstreamRateLimited` (``retry_after``);
     - ``delay``: seconds every call waits before it answers, and ``chunk_delay`` before
       each blob chunk, so that concurrent requests really overlap;
@@ -245,6 +246,7 @@ class FakeUpstream:
         self.repositories: dict[str, _Repository] = {}
         self.calls: list[Call] = []
         self.down = False
+        self.down_for: set[str] = set()
         self.rate_limited = False
         self.retry_after: int | None = 30
         self.delay = 0.0
@@ -385,7 +387,7 @@ class FakeUpstream:
             await asyncio.sleep(self.delay)
         else:
             await asyncio.sleep(0)
-        if self.down:
+        if self.down or call.method in self.down_for:
             raise UpstreamUnavailable(f"{self._url}: connection refused")
         if self.rate_limited:
             raise UpstreamRateLimited(f"{self._url}: 429 Too Many Requests", self.retry_after)
