@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy
 
-.PHONY: run test lint bench deps venv
+.PHONY: run test test-fast lint bench deps venv
 
 $(BIN)/registry-mirror: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: venv
 
 test: venv deps lint
 	$(BIN)/python -m pytest -q
+
+# The fast tier (seconds, no external tools): in-process application tests and contract suites.
+test-fast: venv
+	$(BIN)/python -m pytest -q tests/inprocess tests/contracts
 
 bench: venv deps
 	$(BIN)/python -m bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Final
 
 import httpx
 import pytest
@@ -17,7 +18,13 @@ from tests.support.tls import tls_args
 MirrorFactory = Callable[..., MirrorProcess]
 
 
+# The fast tier: the whole application in the test process, over fakes; no external tools.
+FAST_TIER: Final = (Path(__file__).parent / "inprocess", Path(__file__).parent / "contracts")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if all(any(item.path.is_relative_to(tier) for tier in FAST_TIER) for item in items):
+        return
     missing = [tool for tool in ("docker-registry", "skopeo") if shutil.which(tool) is None]
     if missing:  # CI installs them (make deps); a bare machine says so loudly instead of skipping
         raise pytest.UsageError(f"missing tools {missing}: run `make deps` first")
