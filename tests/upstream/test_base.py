@@ -1,5 +1,6 @@
-"""The :class:`Upstream` protocol: :class:`RegistryClient` implements it (checked by mypy
-on the typed assignments below), and a fake needs nothing of the HTTP client."""
+"""The :class:`Upstream` protocol: :class:`RegistryClient` and the tests' in-memory
+:class:`FakeUpstream` implement it (checked by mypy on the typed assignments below), and a
+fake needs nothing of the HTTP client."""
 
 from __future__ import annotations
 
@@ -9,68 +10,15 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 
 import registry_mirror.upstream.base
 import registry_mirror.upstream.errors
-from registry_mirror.reference import Digest, parse_digest
-from registry_mirror.upstream import (
-    BlobStream,
-    ManifestInfo,
-    RegistryClient,
-    TagList,
-    Upstream,
-    UpstreamNotFound,
-)
-
-
-class MemoryBlob:
-    def __init__(self, data: bytes, offset: int) -> None:
-        self.size: int | None = len(data)
-        self.offset = offset
-        self._data = data[offset:]
-        self.closed = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self._data
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class MemoryUpstream:
-    """An upstream of blobs in memory, written against ``upstream.base`` alone."""
-
-    def __init__(self, blobs: dict[Digest, bytes]) -> None:
-        self.blobs = blobs
-
-    @property
-    def url(self) -> str:
-        return "memory://"
-
-    def proxy_description(self) -> str | None:
-        return None
-
-    async def head_manifest(self, repo: str, reference: str) -> ManifestInfo:
-        raise UpstreamNotFound(f"manifest {repo}:{reference}: not found upstream")
-
-    async def get_manifest(self, repo: str, reference: str) -> tuple[ManifestInfo, bytes]:
-        raise UpstreamNotFound(f"manifest {repo}:{reference}: not found upstream")
-
-    async def head_blob(self, repo: str, digest: Digest) -> int | None:
-        if digest not in self.blobs:
-            raise UpstreamNotFound(f"blob {repo}@{digest}: not found upstream")
-        return len(self.blobs[digest])
-
-    async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
-        await self.head_blob(repo, digest)
-        return MemoryBlob(self.blobs[digest], offset)
-
-    async def list_tags(self, repo: str) -> TagList:
-        return TagList()
+from registry_mirror.reference import parse_digest
+from registry_mirror.upstream import RegistryClient, Upstream
+from tests.support.fakes import FakeUpstream
 
 
 def test_registry_client_is_an_upstream() -> None:
@@ -88,7 +36,9 @@ def test_a_fake_upstream_is_an_upstream() -> None:
     digest = parse_digest("sha256:" + hashlib.sha256(data).hexdigest())
 
     async def scenario() -> bytes:
-        upstream: Upstream = MemoryUpstream({digest: data})
+        fake = FakeUpstream()
+        fake.put_blob("library/fake", data)
+        upstream: Upstream = fake
         assert await upstream.head_blob("library/fake", digest) == len(data)
         stream = await upstream.get_blob("library/fake", digest, 6)
         try:
