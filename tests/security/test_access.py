@@ -22,14 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry_mirror.api.access import (
+from registry_mirror.api.errors import RegistryError
+from registry_mirror.api.limits import (
     CLIENT_BYTES,
     MAX_TRACKED_CLIENTS,
     REPOSITORY_BYTES,
     TABLE_BUDGET,
     Limiter,
 )
-from registry_mirror.api.errors import RegistryError
 from registry_mirror.cli import _exposure_warning
 from registry_mirror.config import load_settings
 from tests.conftest import MirrorFactory

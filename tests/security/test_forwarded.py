@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry_mirror.api.access import MAX_FORWARDED_HOPS
+from registry_mirror.api.clients import MAX_FORWARDED_HOPS
 from tests.conftest import MirrorFactory
 from tests.support.mirror import MirrorProcess, assert_log_quiet
 from tests.support.nginx import APPEND, REPLACE, Nginx, forwarded_for

@@ -11,6 +11,7 @@ from typing import Final
 from aiohttp import web
 
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, access_middleware
+from registry_mirror.api.blob_transfer import WRITE_TIMEOUT_KEY
 from registry_mirror.api.errors import (
     Handler,
     add_api_version,
@@ -18,7 +19,7 @@ from registry_mirror.api.errors import (
     error_response,
     translate,
 )
-from registry_mirror.api.routes import WRITE_TIMEOUT_KEY, setup_routes
+from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
 
 __all__ = ["API_PREFIX", "MAX_REQUEST_BODY", "outside_api_middleware", "registry_api"]

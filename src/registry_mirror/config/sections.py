@@ -1,0 +1,192 @@
+"""The sections of the settings, one model each, as registry:2's config file names
+them (``http``, ``proxy``, ``storage``, ``auth``) plus the mirror's own (``upstreams``,
+``access``, ``limits``): every key, its type and its default. A section refuses keys it
+does not know and cannot be changed once built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+
+from registry_mirror.config.values import CommaList, Duration, ProxyUrl, Size, Url, host_port
+
+__all__ = [
+    "DOCKER_HUB",
+    "DOCKER_HUB_HOSTS",
+    "AccessSettings",
+    "AuthSettings",
+    "FilesystemSettings",
+    "HTTPSettings",
+    "HtpasswdSettings",
+    "LimitSettings",
+    "LogSettings",
+    "ProxySettings",
+    "Section",
+    "StorageSettings",
+    "TLSSettings",
+    "UpstreamCommon",
+    "UpstreamList",
+    "UpstreamSettings",
+]
+
+DOCKER_HUB: Final = "https://registry-1.docker.io"
+DOCKER_HUB_HOSTS: Final = frozenset(
+    {"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"}
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(Section):
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+class HTTPSettings(Section):
+    addr: str = ":5000"
+    tls: TLSSettings = TLSSettings()
+    idle_timeout: Duration = 75.0  # a connection must send a whole request within this
+    write_timeout: Duration = 300.0  # a client that takes no response bytes this long is dropped
+    max_headers: int = 100
+    max_header_size: Size = 8190
+
+
+class UpstreamCommon(Section):
+    username: str | None = None
+    password: SecretStr | None = None
+    dockerhub: bool | None = None  # Docker Hub naming (library/); None: detect from the URL
+    aliases: CommaList = []  # more names for it, as path prefixes: /v2/<alias>/<repo>/…
+    allow: CommaList = []  # repository globs that may be pulled (empty: all)
+    deny: CommaList = []  # repository globs that may not
+    connect_timeout: Duration = 10.0
+    read_timeout: Duration = 60.0
+    # Whole time a metadata request (manifest, tag list, token) may take, retries and
+    # authentication included, before the cached answer is served instead.
+    metadata_timeout: Duration = 5.0
+    # Follow redirects (and use token realms) at loopback, private or link-local
+    # addresses other than the upstream's own host (a CDN on the LAN).
+    allow_private_redirects: bool = False
+    # Forward proxy: http://[user:password@]host:port, or none; unset: the environment's
+    # HTTP_PROXY / HTTPS_PROXY / NO_PROXY.
+    proxy: ProxyUrl | None = None
+
+    @property
+    def base_url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def is_dockerhub(self) -> bool:
+        if self.dockerhub is not None:
+            return self.dockerhub
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        return host in DOCKER_HUB_HOSTS
+
+    @property
+    def registry_name(self) -> str:
+        """The name clients use for it (``?ns=``, path prefix, cache keys)."""
+        return "docker.io" if self.is_dockerhub else host_port(self.base_url)
+
+    @property
+    def registry_names(self) -> frozenset[str]:
+        """Every name that selects this upstream."""
+        names = {self.registry_name, host_port(self.base_url), *self.aliases}
+        if self.is_dockerhub:
+            names |= {"docker.io", *DOCKER_HUB_HOSTS}
+        return frozenset(name.lower() for name in names)
+
+
+class ProxySettings(UpstreamCommon):
+    """registry:2's ``proxy`` section: the default upstream."""
+
+    remoteurl: Url = DOCKER_HUB
+    name: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.remoteurl
+
+    @property
+    def registry_name(self) -> str:
+        return self.name.lower() if self.name else super().registry_name
+
+
+class UpstreamSettings(UpstreamCommon):
+    """One more upstream (``upstreams:`` list): ghcr.io, quay.io, a private registry…"""
+
+    name: str
+    url: Url
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    @property
+    def registry_name(self) -> str:
+        return self.name.lower()
+
+
+def _yaml_list(value: object) -> object:
+    """``upstreams`` from a flag or variable: a YAML/JSON list of mappings."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError("expected a YAML or JSON list of upstreams") from None
+    return value
+
+
+UpstreamList = Annotated[list[UpstreamSettings], BeforeValidator(_yaml_list)]
+
+
+class FilesystemSettings(Section):
+    rootdirectory: Path | None = None
+
+
+class StorageSettings(Section):
+    filesystem: FilesystemSettings = FilesystemSettings()
+    quota: Size | None = None  # bytes on disk for the cache; LRU eviction above it
+    min_free: Size | None = None  # keep this much of the filesystem free
+    max_idle: Duration | None = None  # evict content not served for this long
+
+
+class HtpasswdSettings(Section):
+    path: Path | None = None
+    realm: str = "registry-mirror"
+
+
+class AuthSettings(Section):
+    """Who may pull (registry:2's ``auth.htpasswd`` keys, plus an anonymous read policy)."""
+
+    htpasswd: HtpasswdSettings = HtpasswdSettings()
+    # Repositories readable without logging in when htpasswd is set, as globs over
+    # registry/repository: "docker.io/*", "ghcr.io/public-org/*".
+    anonymous: CommaList = []
+
+
+class AccessSettings(Section):
+    allow: CommaList = []  # client networks (CIDR) allowed at all; empty: every address
+    trusted_proxies: CommaList = []  # peers whose X-Forwarded-For is believed (CIDR)
+
+
+class LimitSettings(Section):
+    """Per-client and global limits; 0 turns one off."""
+
+    requests_per_second: float = 0.0  # per client, sustained
+    burst: int = 100  # per client, above the sustained rate
+    downloads_per_client: int = 0  # concurrent blob downloads per client
+    upstream_fetches: int = 64  # concurrent upstream downloads, all clients together
+    repositories_per_client: int = 0  # distinct repositories per client per window
+    window: Duration = 600.0
+    ipv6_prefix: Annotated[int, Field(ge=1, le=128)] = 64  # IPv6 clients: one per network
+    failed_logins: int = 10  # failed logins per client per window below (then 429)
+    failed_logins_window: Duration = 60.0
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "warn", "error"] = "info"

@@ -1,0 +1,135 @@
+"""The one typed settings object, built once in ``main()`` by :func:`load_settings`: its
+sections, the checks across them, and the views the rest of the mirror reads (the
+storage root, the listening address, the upstreams in order, each one's forward proxy,
+the warnings to log at start)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from registry_mirror.config.proxy import OutboundProxy
+from registry_mirror.config.sections import (
+    AccessSettings,
+    AuthSettings,
+    HTTPSettings,
+    LimitSettings,
+    LogSettings,
+    ProxySettings,
+    Section,
+    StorageSettings,
+    UpstreamCommon,
+    UpstreamList,
+)
+from registry_mirror.config.values import ConfigError, redact_url
+
+__all__ = ["Settings"]
+
+
+class Settings(Section):
+    """Everything the mirror can be told. Built by :func:`load_settings`."""
+
+    http: HTTPSettings = HTTPSettings()
+    proxy: ProxySettings = ProxySettings()
+    upstreams: UpstreamList = Field(default_factory=list)
+    storage: StorageSettings = StorageSettings()
+    auth: AuthSettings = AuthSettings()
+    access: AccessSettings = AccessSettings()
+    limits: LimitSettings = LimitSettings()
+    log: LogSettings = LogSettings()
+    # HTTP_PROXY, HTTPS_PROXY, NO_PROXY from the environment (see outbound_proxy).
+    _proxy_env: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Kubernetes service-link variables seen in the environment and ignored.
+    _service_links: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def service_links(self) -> list[str]:
+        return list(self._service_links)
+
+    @model_validator(mode="after")
+    def _checks(self) -> Settings:
+        tls = self.http.tls
+        if (tls.certificate is None) != (tls.key is None):
+            raise ValueError("http.tls: give both certificate and key")
+        for network in [*self.access.allow, *self.access.trusted_proxies]:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"access: invalid network {network!r} (CIDR)") from None
+        if self.auth.anonymous and self.auth.htpasswd.path is None:
+            raise ValueError("auth.anonymous: only meaningful with auth.htpasswd.path")
+        return self._names_unique()
+
+    def _names_unique(self) -> Settings:
+        """Each registry is configured once: two entries sharing a name (or a URL) would
+        silently replace each other, the default's traffic then going out with the
+        other entry's credentials and policy."""
+        seen: dict[str, str] = {}
+        for position, upstream in enumerate(self.all_upstreams()):
+            where = "proxy" if position == 0 else f"upstreams[{position - 1}]"
+            where += f" ({redact_url(upstream.base_url)})"
+            for name in sorted(upstream.registry_names):
+                if name in seen and seen[name] != where:
+                    raise ValueError(
+                        f"upstreams: {name!r} names both {seen[name]} and {where}: configure"
+                        " each registry once, with its credentials and policy in one place"
+                        " (proxy, the default, is Docker Hub unless proxy.remoteurl is set)"
+                    )
+                seen[name] = where
+        return self
+
+    def outbound_proxy(self, upstream: UpstreamCommon) -> OutboundProxy:
+        """The forward proxy policy of one upstream: its ``proxy`` setting, else the
+        environment's (read by :func:`load_settings`), ``NO_PROXY`` applied to both."""
+        env = self._proxy_env
+        return OutboundProxy(
+            upstream.proxy.get_secret_value() if upstream.proxy is not None else None,
+            env.get("HTTP_PROXY") or None,
+            env.get("HTTPS_PROXY") or None,
+            tuple(h.strip().lower() for h in env.get("NO_PROXY", "").split(",") if h.strip()),
+        )
+
+    def warnings(self) -> list[str]:
+        """Settings that work but may surprise, for the server to log at start: a name
+        without a dot in a path prefix hides the default registry's namespace of that
+        name (with Docker Hub as the default, ``hub/x`` is then never Docker Hub's)."""
+        default = self.proxy.registry_name
+        found = []
+        for upstream in self.all_upstreams():
+            for name in sorted(upstream.registry_names):
+                if "." in name or ":" in name or name == "localhost":
+                    continue
+                target = upstream.registry_name
+                found.append(
+                    f"alias {name!r} of {target} has no dot: /v2/{name}/x means {target}'s"
+                    f" repository x, so {default}'s own repositories under {name}/ cannot be"
+                    f" pulled through this mirror (a name with a dot, e.g. {name}.mirror,"
+                    " hides nothing)"
+                )
+        return found
+
+    def all_upstreams(self) -> list[UpstreamCommon]:
+        """The default upstream (``proxy``) first, then the others."""
+        return [self.proxy, *self.upstreams]
+
+    @property
+    def root(self) -> Path:
+        """The storage root: configured, else registry:2's path for root, else the user cache."""
+        configured = self.storage.filesystem.rootdirectory
+        if configured is not None:
+            return configured
+        if os.geteuid() == 0:
+            return Path("/var/lib/registry")
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "registry-mirror"
+
+    def listen(self) -> tuple[str, int]:
+        """``http.addr`` as (host, port). ``:5000`` (host ``""``) and ``[::]:5000``
+        (``"::"``) mean every interface, IPv4 and IPv6; ``0.0.0.0:5000`` IPv4 only."""
+        host, sep, port = self.http.addr.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"http.addr: invalid address {self.http.addr!r} (expected HOST:PORT)")
+        return (host.strip("[]"), int(port))
