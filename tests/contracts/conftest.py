@@ -130,7 +130,7 @@ class IndexHarness:
     name: str
     index: Index
     fresh: Callable[[], Index]
-    remove_elsewhere: Callable[[list[str]], Awaitable[None]]
+    remove_elsewhere: Callable[[list[Digest]], Awaitable[None]]
 
 
 def _sqlite_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
@@ -139,7 +139,7 @@ def _sqlite_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
     lock = RootLock(root)  # the server's, as the app holds it: its generation
     index = SQLiteIndex(root / "index.db", generation=lock.generation)
 
-    async def remove_elsewhere(digests: list[str]) -> None:
+    async def remove_elsewhere(digests: list[Digest]) -> None:
         settings, _ = load_settings(
             flags={"storage.filesystem.rootdirectory": str(root)}, environ={}
         )
@@ -156,7 +156,7 @@ def _sqlite_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
 def _memory_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
     index = MemoryIndex()
 
-    async def remove_elsewhere(digests: list[str]) -> None:
+    async def remove_elsewhere(digests: list[Digest]) -> None:
         other = index.replica()
         await other.open()
         await other.remove(digests)

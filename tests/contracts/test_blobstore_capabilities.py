@@ -43,13 +43,13 @@ async def test_capacity(sized_store: StoreHarness) -> None:
     other = os.urandom(10_000)
     await put(store, other)
     sizes = await store.disk_sizes([DIGEST, Digest.of(other), Digest.of(b"absent")])
-    assert set(sizes) == {str(DIGEST), str(Digest.of(other))}  # absent ones left out
-    assert sizes[str(DIGEST)] >= len(DATA)
+    assert set(sizes) == {DIGEST, Digest.of(other)}  # absent ones left out
+    assert sizes[DIGEST] >= len(DATA)
     assert await store.disk_usage() == sum(sizes.values())
     free = await store.free_space()
     assert free is None or free > 0
     await store.delete(DIGEST)
-    assert await store.disk_usage() == sizes[str(Digest.of(other))]
+    assert await store.disk_usage() == sizes[Digest.of(other)]
     assert await store.disk_sizes([]) == {}
 
 
@@ -57,7 +57,7 @@ async def test_allocated_is_what_a_committed_blob_takes_on_disk(sized_store: Sto
     store = sized_store.store
     for data in (DATA, b"", b"x", os.urandom(3 * 4096 + 1)):
         info = await put(store, data)
-        on_disk = (await store.disk_sizes([info.digest]))[str(info.digest)]
+        on_disk = (await store.disk_sizes([info.digest]))[info.digest]
         assert store.allocated(info.size) == on_disk, len(data)
 
 

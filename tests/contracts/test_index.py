@@ -89,18 +89,18 @@ async def test_manifests_with_references(index: IndexHarness) -> None:
     assert await ix.get_manifest(LIST) == ManifestRecord(LIST, OCI_INDEX, 50)
     assert await ix.get_manifest(CONFIG) is None  # a blob is not a manifest
     snapshot = await ix.snapshot()
-    assert sorted(snapshot.refs[str(MANIFEST)]) == sorted([str(CONFIG), str(LAYER)])
-    assert sorted(snapshot.refs[str(LIST)]) == sorted([str(MANIFEST), str(SECOND)])
-    assert snapshot.items[str(LIST)].media_type == OCI_INDEX
-    assert snapshot.items[str(LIST)].size == 50
-    assert snapshot.content == {"r/a": {str(MANIFEST), str(CONFIG), str(LAYER)}}
+    assert sorted(snapshot.refs[MANIFEST], key=str) == sorted([CONFIG, LAYER], key=str)
+    assert sorted(snapshot.refs[LIST], key=str) == sorted([MANIFEST, SECOND], key=str)
+    assert snapshot.items[LIST].media_type == OCI_INDEX
+    assert snapshot.items[LIST].size == 50
+    assert snapshot.content == {"r/a": {MANIFEST, CONFIG, LAYER}}
 
 
 async def test_a_manifest_without_references(index: IndexHarness) -> None:
     await index.index.put_manifest("r/a", ManifestRecord(MANIFEST, OCI_MANIFEST, 3), [])
     snapshot = await index.index.snapshot()
-    assert snapshot.refs.get(str(MANIFEST), []) == []
-    assert set(snapshot.items) == {str(MANIFEST)}
+    assert snapshot.refs.get(MANIFEST, []) == []
+    assert set(snapshot.items) == {MANIFEST}
 
 
 async def test_blobs_and_repositories(index: IndexHarness) -> None:
@@ -112,11 +112,11 @@ async def test_blobs_and_repositories(index: IndexHarness) -> None:
     await ix.put_blob(None, OTHER, 7)  # seen through no repository (found after a crash)
     assert await ix.repositories() == ["library/alpine", "team/app"]
     snapshot = await ix.snapshot()
-    assert set(snapshot.items) == {str(LAYER), str(OTHER)}
-    item = snapshot.items[str(OTHER)]
-    assert (item.digest, item.size, item.hits, item.media_type) == (str(OTHER), 7, 0, None)
+    assert set(snapshot.items) == {LAYER, OTHER}
+    item = snapshot.items[OTHER]
+    assert (item.digest, item.size, item.hits, item.media_type) == (OTHER, 7, 0, None)
     assert before - 1 <= item.created_at <= item.last_access <= time.time() + 1
-    assert snapshot.content == {"library/alpine": {str(LAYER)}, "team/app": {str(LAYER)}}
+    assert snapshot.content == {"library/alpine": {LAYER}, "team/app": {LAYER}}
     await image(ix, "r/b")
     await ix.set_tag("r/c", "1", MANIFEST)  # a tag makes a repository too
     assert await ix.repositories() == ["library/alpine", "r/b", "r/c", "team/app"]
@@ -130,21 +130,21 @@ async def test_snapshot(index: IndexHarness) -> None:
     await ix.set_tag("r/a", "1", MANIFEST)
     await ix.set_tag("r/a", "0", MANIFEST)
     snapshot = await ix.snapshot()
-    assert set(snapshot.items) == {str(d) for d in (MANIFEST, SECOND, CONFIG, LAYER, OTHER)}
-    assert snapshot.items[str(MANIFEST)].media_type == OCI_MANIFEST
-    assert snapshot.items[str(LAYER)].media_type is None
-    assert {k: sorted(v) for k, v in snapshot.refs.items()} == {
-        str(MANIFEST): sorted([str(CONFIG), str(LAYER)]),
-        str(SECOND): sorted([str(CONFIG), str(OTHER)]),
+    assert set(snapshot.items) == {MANIFEST, SECOND, CONFIG, LAYER, OTHER}
+    assert snapshot.items[MANIFEST].media_type == OCI_MANIFEST
+    assert snapshot.items[LAYER].media_type is None
+    assert {k: sorted(v, key=str) for k, v in snapshot.refs.items()} == {
+        MANIFEST: sorted([CONFIG, LAYER], key=str),
+        SECOND: sorted([CONFIG, OTHER], key=str),
     }
     assert snapshot.tags == [
-        ("r/a", "0", str(MANIFEST)),
-        ("r/a", "1", str(MANIFEST)),
-        ("r/b", "2", str(SECOND)),
+        ("r/a", "0", MANIFEST),
+        ("r/a", "1", MANIFEST),
+        ("r/b", "2", SECOND),
     ]
     assert snapshot.content == {
-        "r/a": {str(MANIFEST), str(CONFIG), str(LAYER)},
-        "r/b": {str(SECOND), str(CONFIG), str(OTHER)},
+        "r/a": {MANIFEST, CONFIG, LAYER},
+        "r/b": {SECOND, CONFIG, OTHER},
     }
 
 
@@ -154,20 +154,20 @@ async def test_remove_forgets_the_content_and_what_names_it(index: IndexHarness)
     await image(ix, "r/b", SECOND, (CONFIG, OTHER))
     await ix.set_tag("r/a", "1", MANIFEST)
     await ix.set_tag("r/b", "1", SECOND)
-    await ix.remove([str(MANIFEST), str(LAYER)])
+    await ix.remove([MANIFEST, LAYER])
     await ix.remove([])
     assert await ix.get_manifest(MANIFEST) is None
     assert await ix.get_tag("r/a", "1") is None  # tags pointing at it
     assert not await ix.linked("r/a", LAYER)
     snapshot = await ix.snapshot()
-    assert set(snapshot.items) == {str(SECOND), str(CONFIG), str(OTHER)}
-    assert set(snapshot.refs) == {str(SECOND)}  # its references went with it
-    assert snapshot.tags == [("r/b", "1", str(SECOND))]
-    assert snapshot.content == {"r/a": {str(CONFIG)}, "r/b": {str(SECOND), str(CONFIG), str(OTHER)}}
-    await ix.remove([str(CONFIG)])  # r/a is left with nothing: it goes
+    assert set(snapshot.items) == {SECOND, CONFIG, OTHER}
+    assert set(snapshot.refs) == {SECOND}  # its references went with it
+    assert snapshot.tags == [("r/b", "1", SECOND)]
+    assert snapshot.content == {"r/a": {CONFIG}, "r/b": {SECOND, CONFIG, OTHER}}
+    await ix.remove([CONFIG])  # r/a is left with nothing: it goes
     assert await ix.repositories() == ["r/b"]
     # A manifest that stays still says what it references, removed or not.
-    assert sorted((await ix.snapshot()).refs[str(SECOND)]) == sorted([str(CONFIG), str(OTHER)])
+    assert sorted((await ix.snapshot()).refs[SECOND], key=str) == sorted([CONFIG, OTHER], key=str)
 
 
 async def test_evict_keeps_what_a_staying_manifest_references(index: IndexHarness) -> None:
@@ -176,22 +176,22 @@ async def test_evict_keeps_what_a_staying_manifest_references(index: IndexHarnes
     await image(ix, "r/b", SECOND, (CONFIG, OTHER))
     await ix.set_tag("r/a", "1", MANIFEST)
     assert await ix.evict([]) == []
-    gone = await ix.evict([str(MANIFEST), str(CONFIG), str(LAYER)])
-    assert gone == [str(MANIFEST), str(LAYER)]  # CONFIG: SECOND still references it
+    gone = await ix.evict([MANIFEST, CONFIG, LAYER])
+    assert gone == [MANIFEST, LAYER]  # CONFIG: SECOND still references it
     snapshot = await ix.snapshot()
-    assert set(snapshot.items) == {str(SECOND), str(CONFIG), str(OTHER)}
+    assert set(snapshot.items) == {SECOND, CONFIG, OTHER}
     assert snapshot.tags == []
     assert await ix.repositories() == ["r/a", "r/b"]  # r/a still links CONFIG
-    assert await ix.evict([str(CONFIG)]) == []
+    assert await ix.evict([CONFIG]) == []
 
 
 async def test_evict_takes_children_met_before_their_parent(index: IndexHarness) -> None:
     ix = index.index
     await image(ix, "r/a")
     await ix.put_manifest("r/a", ManifestRecord(LIST, OCI_INDEX, 10), [MANIFEST])
-    gone = await ix.evict([str(LAYER), str(CONFIG), str(MANIFEST), str(LIST)])
-    assert gone[0] == str(LIST)  # the only one nothing references
-    assert set(gone) == {str(d) for d in (LIST, MANIFEST, CONFIG, LAYER)}
+    gone = await ix.evict([LAYER, CONFIG, MANIFEST, LIST])
+    assert gone[0] == LIST  # the only one nothing references
+    assert set(gone) == {LIST, MANIFEST, CONFIG, LAYER}
     assert (await ix.snapshot()).items == {}
     assert await ix.repositories() == []
 
@@ -208,10 +208,10 @@ async def test_evict_keeps_what_a_manifest_stored_since_the_plan_references(
     # Stored after the plan [old, shared, own] was made.
     await ix.put_manifest("r/b", ManifestRecord(new, "application/x", 1), [shared, other])
     await ix.put_blob("r/b", shared, 1)
-    gone = await ix.evict([str(old), str(shared), str(own)])
+    gone = await ix.evict([old, shared, own])
     left = set((await ix.snapshot()).items)
-    assert gone == [str(old), str(own)]
-    assert left == {str(new), str(shared)}
+    assert gone == [old, own]
+    assert left == {new, shared}
 
 
 async def test_remove_unused_within_a_scope(index: IndexHarness) -> None:
@@ -221,11 +221,11 @@ async def test_remove_unused_within_a_scope(index: IndexHarness) -> None:
     await ix.put_blob("r/b", LAYER, 5)  # r/b links LAYER too
     await ix.put_blob("r/a", OTHER, 5)
     await ix.set_tag("r/a", "1", MANIFEST)
-    plan = [str(MANIFEST), str(CONFIG), str(LAYER), str(OTHER)]
-    assert await remove_unused(plan, scope=["r/a"]) == [str(MANIFEST), str(CONFIG), str(OTHER)]
-    assert set((await ix.snapshot()).items) == {str(LAYER)}
+    plan = [MANIFEST, CONFIG, LAYER, OTHER]
+    assert await remove_unused(plan, scope=["r/a"]) == [MANIFEST, CONFIG, OTHER]
+    assert set((await ix.snapshot()).items) == {LAYER}
     assert await ix.linked("r/b", LAYER)
-    assert await remove_unused([str(LAYER)], scope=None) == [str(LAYER)]
+    assert await remove_unused([LAYER], scope=None) == [LAYER]
     assert await ix.repositories() == []
 
 
@@ -233,9 +233,9 @@ async def test_remove_unused_keeps_what_a_manifest_references(index: IndexHarnes
     ix = index.index
     remove_unused = operator_call(ix, "remove_unused")
     await image(ix, "r/a")
-    assert await remove_unused([str(LAYER)], scope=["r/a"]) == []
-    assert await remove_unused([str(LAYER)], scope=None) == []
-    assert str(LAYER) in (await ix.snapshot()).items
+    assert await remove_unused([LAYER], scope=["r/a"]) == []
+    assert await remove_unused([LAYER], scope=None) == []
+    assert LAYER in (await ix.snapshot()).items
 
 
 async def test_known_unlink_and_dangling_tags(index: IndexHarness) -> None:
@@ -247,39 +247,39 @@ async def test_known_unlink_and_dangling_tags(index: IndexHarness) -> None:
     await image(ix, "r/b")
     await ix.set_tag("r/a", "1", MANIFEST)
     await ix.set_tag("r/b", "1", MANIFEST)
-    assert await known([str(MANIFEST), str(LAYER), str(OTHER)]) == {str(MANIFEST), str(LAYER)}
-    await unlink(["r/a"], [str(MANIFEST), str(CONFIG), str(LAYER)])
+    assert await known([MANIFEST, LAYER, OTHER]) == {MANIFEST, LAYER}
+    await unlink(["r/a"], [MANIFEST, CONFIG, LAYER])
     assert await ix.get_tag("r/a", "1") is None
     assert await ix.get_tag("r/b", "1") == MANIFEST  # other repositories keep theirs
     assert not await ix.linked("r/a", LAYER)
     assert await ix.linked("r/b", LAYER)
     assert await ix.repositories() == ["r/b"]
-    assert await known([str(LAYER)]) == {str(LAYER)}  # the content stays
-    assert await remove_dangling_tags([str(MANIFEST)]) == 0  # it has a manifest row
-    await ix.remove([str(MANIFEST)])
-    assert await remove_dangling_tags([str(MANIFEST)]) == 0  # remove took its tags
+    assert await known([LAYER]) == {LAYER}  # the content stays
+    assert await remove_dangling_tags([MANIFEST]) == 0  # it has a manifest row
+    await ix.remove([MANIFEST])
+    assert await remove_dangling_tags([MANIFEST]) == 0  # remove took its tags
 
 
 async def test_touch_is_buffered_until_flush(index: IndexHarness) -> None:
     ix = index.index
     await ix.put_blob("r/a", LAYER, 5)
     await ix.put_blob("r/a", OTHER, 5)
-    created = (await ix.snapshot()).items[str(LAYER)].last_access
+    created = (await ix.snapshot()).items[LAYER].last_access
     await asyncio.sleep(0.01)
     async with another_handle(index) as other:
         ix.touch(LAYER)
         ix.touch(LAYER)
         ix.touch(Digest.of(b"not in the index"))  # nothing to update: ignored
-        item = (await other.snapshot()).items[str(LAYER)]
+        item = (await other.snapshot()).items[LAYER]
         assert item.hits == 0  # buffered: not written yet
         await ix.flush()
         await ix.flush()  # nothing buffered: nothing more
-        item = (await other.snapshot()).items[str(LAYER)]
+        item = (await other.snapshot()).items[LAYER]
         assert item.hits == 2
         assert item.last_access > created  # the last use is recorded
-        assert (await other.snapshot()).items[str(OTHER)].hits == 0
+        assert (await other.snapshot()).items[OTHER].hits == 0
         ix.touch(OTHER)  # a snapshot writes what is buffered first
-        assert (await ix.snapshot()).items[str(OTHER)].hits == 1
+        assert (await ix.snapshot()).items[OTHER].hits == 1
 
 
 async def test_close_writes_the_buffered_last_uses(index: IndexHarness) -> None:
@@ -288,16 +288,16 @@ async def test_close_writes_the_buffered_last_uses(index: IndexHarness) -> None:
     ix.touch(LAYER)
     await ix.close()
     async with another_handle(index) as other:
-        assert (await other.snapshot()).items[str(LAYER)].hits == 1
+        assert (await other.snapshot()).items[LAYER].hits == 1
 
 
 async def test_removed_content_forgets_its_buffered_last_use(index: IndexHarness) -> None:
     ix = index.index
     await ix.put_blob("r/a", LAYER, 5)
     ix.touch(LAYER)
-    assert await ix.evict([str(LAYER)]) == [str(LAYER)]
+    assert await ix.evict([LAYER]) == [LAYER]
     await ix.put_blob("r/a", LAYER, 5)  # stored again: a new row, unused so far
-    assert (await ix.snapshot()).items[str(LAYER)].hits == 0
+    assert (await ix.snapshot()).items[LAYER].hits == 0
 
 
 async def test_another_handle_sees_what_was_written(index: IndexHarness) -> None:
@@ -321,20 +321,20 @@ async def test_links(index: IndexHarness) -> None:
     await ix.put_manifest(None, ManifestRecord(LIST, OCI_INDEX, 10), [MANIFEST, SECOND])
     assert not await ix.linked("r/b", LIST)
     linked = await ix.link("r/b", LIST)  # and everything it references, as far as known
-    assert sorted(linked) == sorted(str(d) for d in (LIST, MANIFEST, SECOND, CONFIG, LAYER))
+    assert sorted(linked, key=str) == sorted((LIST, MANIFEST, SECOND, CONFIG, LAYER), key=str)
     for digest in (LIST, MANIFEST, SECOND, CONFIG, LAYER):
         assert await ix.linked("r/b", digest)
     assert await ix.repositories() == ["r/a", "r/b"]
-    assert await ix.link("r/c", OTHER) == [str(OTHER)]  # not indexed yet: itself only
+    assert await ix.link("r/c", OTHER) == [OTHER]  # not indexed yet: itself only
     assert await ix.linked("r/c", OTHER)
-    assert sorted(await ix.link("r/b", LIST)) == sorted(linked)  # again: the same
+    assert sorted(await ix.link("r/b", LIST), key=str) == sorted(linked, key=str)  # again: the same
 
 
 async def test_link_follows_a_cycle_once(index: IndexHarness) -> None:
     ix = index.index
     await ix.put_manifest(None, ManifestRecord(MANIFEST, OCI_INDEX, 1), [SECOND])
     await ix.put_manifest(None, ManifestRecord(SECOND, OCI_INDEX, 1), [MANIFEST])
-    assert sorted(await ix.link("r/a", MANIFEST)) == sorted([str(MANIFEST), str(SECOND)])
+    assert sorted(await ix.link("r/a", MANIFEST), key=str) == sorted([MANIFEST, SECOND], key=str)
 
 
 async def test_generation_changes_when_content_is_removed_elsewhere(
@@ -357,13 +357,13 @@ async def test_generation_changes_when_content_is_removed_elsewhere(
     await ix.repositories()
     assert ix.generation() == start  # nothing was removed
 
-    await index.remove_elsewhere([str(MANIFEST), str(LAYER)])
+    await index.remove_elsewhere([MANIFEST, LAYER])
     assert ix.generation() != start
     # What this handle may have remembered is not trusted over the removal.
     assert await ix.get_tag("r/a", "1") is None
     assert await ix.get_manifest(MANIFEST) is None
     assert not await ix.linked("r/a", LAYER)
-    assert str(LAYER) not in (await ix.snapshot()).items
+    assert LAYER not in (await ix.snapshot()).items
     after = ix.generation()
     await image(ix, "r/a")
     await ix.set_tag("r/a", "1", MANIFEST)
@@ -379,7 +379,7 @@ async def test_concurrent_writers(index: IndexHarness) -> None:
     )
     await asyncio.gather(*(ix.set_tag("r/m", f"t{n}", d) for n, d in enumerate(blobs[:5])))
     snapshot = await ix.snapshot()
-    assert set(snapshot.items) == {str(b) for b in blobs}
+    assert set(snapshot.items) == set(blobs)
     assert len(snapshot.tags) == 5
     assert await ix.repositories() == ["r/0", "r/1", "r/2", "r/3", "r/m"]
 
@@ -396,8 +396,8 @@ CALLS: list[tuple[str, Any]] = [
     ("put_blob", lambda ix: ix.put_blob("r/a", LAYER, 1)),
     ("repositories", lambda ix: ix.repositories()),
     ("snapshot", lambda ix: ix.snapshot()),
-    ("remove", lambda ix: ix.remove([str(LAYER)])),
-    ("evict", lambda ix: ix.evict([str(LAYER)])),
+    ("remove", lambda ix: ix.remove([LAYER])),
+    ("evict", lambda ix: ix.evict([LAYER])),
 ]
 
 

@@ -62,33 +62,40 @@ def hexes(image: PushedImage) -> set[str]:
     return {d.split(":")[1] for d in [image.digest, *image.blobs]}
 
 
-def item(digest: str, size: int, last: float, manifest: bool = False) -> CacheItem:
+def item(digest: Digest, size: int, last: float, manifest: bool = False) -> CacheItem:
     return CacheItem(digest, size, 0.0, last, 1, "application/x" if manifest else None)
 
 
+def named(name: str) -> Digest:
+    """A digest known by a name in the test."""
+    return Digest.of(name.encode())
+
+
 def test_plan_keeps_shared_layers_and_removes_manifests_first() -> None:
+    m_old, m_new, base = named("m-old"), named("m-new"), named("base")
+    old_layer, new_layer, lone = named("old-layer"), named("new-layer"), named("lone")
     snapshot = CacheSnapshot(
         items={
-            "m-old": item("m-old", 1, 10, manifest=True),
-            "m-new": item("m-new", 1, 50, manifest=True),
-            "base": item("base", 100, 50),
-            "old-layer": item("old-layer", 200, 10),
-            "new-layer": item("new-layer", 300, 50),
-            "lone": item("lone", 40, 5),
+            m_old: item(m_old, 1, 10, manifest=True),
+            m_new: item(m_new, 1, 50, manifest=True),
+            base: item(base, 100, 50),
+            old_layer: item(old_layer, 200, 10),
+            new_layer: item(new_layer, 300, 50),
+            lone: item(lone, 40, 5),
         },
-        refs={"m-old": ["base", "old-layer"], "m-new": ["base", "new-layer"]},
+        refs={m_old: [base, old_layer], m_new: [base, new_layer]},
         tags=[],
         content={},
     )
     plan = plan_eviction(snapshot, need=1, now=100)
-    assert plan.digests == ["lone"]  # least recently used image first
+    assert plan.digests == [lone]  # least recently used image first
     plan = plan_eviction(snapshot, need=150, now=100)
-    assert plan.digests == ["lone", "m-old", "old-layer"]  # the shared base stays
+    assert plan.digests == [lone, m_old, old_layer]  # the shared base stays
     assert plan.freed == 241
-    plan = plan_eviction(snapshot, need=150, now=100, protected={"old-layer"})
-    assert "m-old" not in plan.digests  # an image being served is kept whole
+    plan = plan_eviction(snapshot, need=150, now=100, protected={old_layer})
+    assert m_old not in plan.digests  # an image being served is kept whole
     plan = plan_eviction(snapshot, need=0, now=100, max_idle=60)
-    assert plan.digests == ["lone", "m-old", "old-layer"]
+    assert plan.digests == [lone, m_old, old_layer]
 
 
 def test_quota_evicts_least_recently_used_image_first(
@@ -272,18 +279,18 @@ def test_a_manifest_stored_between_plan_and_eviction_keeps_its_shared_layer(
         for blob in (layer, own):
             await index.put_blob("r/a", blob, 1000)
         plan = plan_eviction(await index.snapshot(), need=1, now=time.time())
-        assert set(plan.digests) == {str(manifest_a), str(layer), str(own)}
+        assert set(plan.digests) == {manifest_a, layer, own}
 
         await index.put_manifest("r/b", ManifestRecord(manifest_b, "x", 10), [layer, other])
         await index.put_blob("r/b", other, 9)
         result = await apply_plan(plan, index, store)
 
         items = (await index.snapshot()).items
-        assert {str(layer), str(manifest_b), str(other)} <= set(items)
+        assert {layer, manifest_b, other} <= set(items)
         assert await store.stat(layer) is not None  # B is whole
         assert await store.stat(own) is None
-        assert str(manifest_a) not in items
-        assert result == ([str(manifest_a), str(own)], 2)
+        assert manifest_a not in items
+        assert result == ([manifest_a, own], 2)
         await index.close()
 
     asyncio.run(scenario())
@@ -294,12 +301,12 @@ class _SnapshotIndex:
 
     def __init__(self, snapshot: CacheSnapshot) -> None:
         self._snapshot = snapshot
-        self.evicted: list[str] = []
+        self.evicted: list[Digest] = []
 
     async def snapshot(self) -> CacheSnapshot:
         return self._snapshot
 
-    async def evict(self, digests: list[str]) -> list[str]:
+    async def evict(self, digests: list[Digest]) -> list[Digest]:
         self.evicted += digests
         return digests
 
@@ -307,14 +314,14 @@ class _SnapshotIndex:
 
 
 def test_planning_a_large_cache_does_not_block_the_event_loop(tmp_path: Path) -> None:
-    items: dict[str, CacheItem] = {}
-    refs: dict[str, list[str]] = {}
+    items: dict[Digest, CacheItem] = {}
+    refs: dict[Digest, list[Digest]] = {}
     for i in range(75_000):  # 300k items: about a second of planning
-        manifest = f"sha256:{i:064x}"
+        manifest = Digest("sha256", f"{i:064x}")
         items[manifest] = item(manifest, 1, i, manifest=True)
         refs[manifest] = []
         for j in range(3):
-            layer = f"sha256:{(j + 1) << 200 | i:064x}"
+            layer = Digest("sha256", f"{(j + 1) << 200 | i:064x}")
             items[layer] = item(layer, 100, i)
             refs[manifest].append(layer)
     index = _SnapshotIndex(CacheSnapshot(items, refs, [], {}))
@@ -346,7 +353,8 @@ def test_planning_a_large_cache_does_not_block_the_event_loop(tmp_path: Path) ->
         return took, worst
 
     took, worst = asyncio.run(scenario())
-    assert index.evicted == ["sha256:" + "0" * 64, *sorted(refs["sha256:" + "0" * 64])]
+    first = Digest("sha256", "0" * 64)
+    assert index.evicted == [first, *sorted(refs[first], key=str)]
     assert took > 0.3, "the snapshot is too small to show anything"
     assert worst < min(0.25, took / 2), f"the loop stalled {worst:.2f}s of {took:.2f}s"
 
@@ -374,7 +382,7 @@ def test_start_does_not_wait_for_the_cache_to_be_measured(tmp_path: Path) -> Non
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x" * 5000)
     lone_disk = path.stat().st_blocks * 512
-    index = _SnapshotIndex(CacheSnapshot({str(lone): item(str(lone), 5000, 1.0)}, {}, [], {}))
+    index = _SnapshotIndex(CacheSnapshot({lone: item(lone, 5000, 1.0)}, {}, [], {}))
     snapshots = 0
 
     async def snapshot() -> CacheSnapshot:
@@ -397,7 +405,7 @@ def test_start_does_not_wait_for_the_cache_to_be_measured(tmp_path: Path) -> Non
         # Measured + added; then the lone blob is evicted (90 % of the quota is 10,800).
         assert evictor.used in (10_000 + added, 10_000 + added - lone_disk)
         await wait_until_async(lambda: index.evicted, 5)
-        assert index.evicted == [str(lone)]
+        assert index.evicted == [lone]
         assert evictor.used == 10_000 + added - lone_disk
         await evictor.stop()
 

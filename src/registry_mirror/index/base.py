@@ -29,7 +29,7 @@ class ManifestRecord:
 class CacheItem:
     """One cached blob or manifest, as the index knows it."""
 
-    digest: str
+    digest: Digest
     size: int
     created_at: float
     last_access: float
@@ -41,10 +41,10 @@ class CacheItem:
 class CacheSnapshot:
     """Everything the index knows, for eviction, ``ls``, ``du`` and ``verify``."""
 
-    items: dict[str, CacheItem]
-    refs: dict[str, list[str]]  # manifest digest → referenced digests
-    tags: list[tuple[str, str, str]]  # (repository, tag, digest)
-    content: dict[str, set[str]]  # repository → digests seen through it
+    items: dict[Digest, CacheItem]
+    refs: dict[Digest, list[Digest]]  # manifest → referenced digests
+    tags: list[tuple[str, str, Digest]]  # (repository, tag, digest)
+    content: dict[str, set[Digest]]  # repository → digests seen through it
 
 
 class IndexFailure(Exception):
@@ -89,7 +89,7 @@ class Index(Protocol):
         referenced by a manifest linked to it): only then is it served under ``repo``."""
         ...
 
-    async def link(self, repo: str, digest: Digest) -> list[str]:
+    async def link(self, repo: str, digest: Digest) -> list[Digest]:
         """Link ``digest`` and everything its manifests reference (as far as the index
         knows the references) to ``repo``; returns the digests linked."""
         ...
@@ -100,32 +100,34 @@ class Index(Protocol):
 
     async def snapshot(self) -> CacheSnapshot: ...
 
-    async def remove(self, digests: list[str]) -> None:
+    async def remove(self, digests: list[Digest]) -> None:
         """Forget content: rows, references, tags pointing at it, empty repositories."""
         ...
 
-    async def evict(self, digests: list[str]) -> list[str]:
+    async def evict(self, digests: list[Digest]) -> list[Digest]:
         """Forget content, in order, like :meth:`remove` — but keep (and leave out of
         the answer) anything a manifest that stays still references, checked in the same
         transaction as the delete. Returns what was removed: only those files may go."""
         ...
 
-    async def known(self, digests: list[str]) -> set[str]:
+    async def known(self, digests: list[Digest]) -> set[Digest]:
         """Which of ``digests`` have a row now."""
         ...
 
-    async def remove_unused(self, digests: list[str], *, scope: list[str] | None) -> list[str]:
+    async def remove_unused(
+        self, digests: list[Digest], *, scope: list[str] | None
+    ) -> list[Digest]:
         """Remove each digest's rows, in order, unless (checked inside the transaction)
         a manifest still references it or, with ``scope`` (repository names), a
         repository outside it tags or links it. Returns the digests removed."""
         ...
 
-    async def unlink(self, repos: list[str], digests: list[str]) -> None:
+    async def unlink(self, repos: list[str], digests: list[Digest]) -> None:
         """Forget that ``repos`` hold ``digests`` (their tags naming them, their links to
         them); the content stays for the other repositories. Empty repositories go."""
         ...
 
-    async def remove_dangling_tags(self, digests: list[str]) -> int:
+    async def remove_dangling_tags(self, digests: list[Digest]) -> int:
         """Delete tags naming one of ``digests`` if (checked in the transaction) no
         manifest row exists for it. Returns the tags deleted."""
         ...

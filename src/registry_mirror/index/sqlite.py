@@ -19,7 +19,7 @@ from registry_mirror.index.base import (
     IndexFailure,
     ManifestRecord,
 )
-from registry_mirror.reference import Digest, parse_digest
+from registry_mirror.reference import Digest
 
 __all__ = ["SQLiteIndex"]
 
@@ -77,6 +77,16 @@ def _no_generation() -> bytes:
     return b""
 
 
+_ALGORITHMS: Final = {"sha256": "sha256", "sha512": "sha512"}
+
+
+def _stored(text: str) -> Digest:
+    """A digest as the index stores it (``algorithm:hex``, validated when written): split,
+    not parsed again; the algorithm's name is shared by every digest read."""
+    algorithm, _, hex_ = text.partition(":")
+    return Digest(_ALGORITHMS.get(algorithm, algorithm), hex_)
+
+
 class SQLiteIndex:
     """``generation`` tells whether another process (an operator command) may have
     changed the database: the tag memory is trusted only while it returns what it
@@ -86,8 +96,8 @@ class SQLiteIndex:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self._db: sqlite3.Connection | None = None
-        self._touched: dict[str, tuple[float, int]] = {}
-        self._tags: dict[tuple[str, str], str] = {}
+        self._touched: dict[Digest, tuple[float, int]] = {}
+        self._tags: dict[tuple[str, str], Digest] = {}
         self.generation = generation or _no_generation
         self._tags_watch = GenerationWatch(self.generation, self._forget_tags)
 
@@ -186,25 +196,25 @@ class SQLiteIndex:
         generation = self._tag_memory()
         cached = self._tags.get((repo, tag))
         if cached is not None:
-            return parse_digest(cached)
+            return cached
 
-        def get(db: sqlite3.Connection) -> str | None:
+        def get(db: sqlite3.Connection) -> Digest | None:
             row = db.execute(
                 "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id"
                 " WHERE r.name = ? AND t.tag = ?",
                 (repo, tag),
             ).fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else _stored(row[0])
 
         found = await self._run(get)
         if found is None:
             return None
         self._remember_tag(repo, tag, found, generation)
-        return parse_digest(found)
+        return found
 
     async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
         generation = self._tag_memory()
-        if self._tags.get((repo, tag)) == str(digest):
+        if self._tags.get((repo, tag)) == digest:
             return  # unchanged: no write on the hot path
 
         def put(db: sqlite3.Connection) -> bool:
@@ -225,9 +235,9 @@ class SQLiteIndex:
             return True
 
         if await self._run(put, write=True):
-            self._remember_tag(repo, tag, str(digest), generation)
+            self._remember_tag(repo, tag, digest, generation)
 
-    def _remember_tag(self, repo: str, tag: str, digest: str, generation: bytes) -> None:
+    def _remember_tag(self, repo: str, tag: str, digest: Digest, generation: bytes) -> None:
         """The tag → digest memory that keeps unchanged tags off the disk; bounded. What
         was read or written before another process changed the index is not kept."""
         if not self._tags_watch.still(generation):
@@ -294,8 +304,8 @@ class SQLiteIndex:
 
         return await self._run(get)
 
-    async def link(self, repo: str, digest: Digest) -> list[str]:
-        def put(db: sqlite3.Connection) -> list[str]:
+    async def link(self, repo: str, digest: Digest) -> list[Digest]:
+        def put(db: sqlite3.Connection) -> list[Digest]:
             reached = [
                 str(row[0])
                 for row in db.execute(
@@ -310,7 +320,7 @@ class SQLiteIndex:
                 "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
                 [(repo_id, d) for d in reached],
             )
-            return reached
+            return [_stored(d) for d in reached]
 
         return await self._run(put, write=True)
 
@@ -344,36 +354,63 @@ class SQLiteIndex:
         await self.flush()
 
         def read(db: sqlite3.Connection) -> CacheSnapshot:
-            items = {
-                str(row[0]): CacheItem(
-                    str(row[0]), int(row[1]), float(row[2]), float(row[3]), int(row[4]), row[5]
+            # One Digest per stored digest, however many rows name it: built once (a
+            # snapshot can hold millions of rows), then found by its text; the dicts
+            # and sets below then compare digests by identity.
+            digests: dict[str, Digest] = {}
+            known = digests.get
+            # The few manifests' media types by text, rather than a join: a lookup per
+            # blob row in memory costs far less than one in the manifests table.
+            media_types = dict(db.execute("SELECT digest, media_type FROM manifests"))
+            media_type = media_types.get
+            items: dict[Digest, CacheItem] = {}
+            for text, size, created_at, last_access, hits in db.execute(
+                "SELECT digest, size, created_at, last_access, hits FROM blobs"
+            ):
+                digest = digests[text] = _stored(text)
+                items[digest] = CacheItem(
+                    digest,
+                    int(size),
+                    float(created_at),
+                    float(last_access),
+                    int(hits),
+                    media_type(text),
                 )
-                for row in db.execute(
-                    "SELECT b.digest, b.size, b.created_at, b.last_access, b.hits, m.media_type"
-                    " FROM blobs b LEFT JOIN manifests m ON m.digest = b.digest"
-                )
-            }
-            refs: dict[str, list[str]] = {}
-            for manifest, child in db.execute("SELECT manifest, child FROM manifest_refs"):
-                refs.setdefault(str(manifest), []).append(str(child))
-            tags = [
-                (str(r[0]), str(r[1]), str(r[2]))
-                for r in db.execute(
-                    "SELECT r.name, t.tag, t.digest FROM tags t"
-                    " JOIN repositories r ON r.id = t.repo_id ORDER BY r.name, t.tag"
-                )
-            ]
-            content: dict[str, set[str]] = {}
-            for name, digest in db.execute(
+            refs: dict[Digest, list[Digest]] = {}
+            children: list[Digest] = []
+            last = None
+            for manifest, text in db.execute(
+                "SELECT manifest, child FROM manifest_refs ORDER BY manifest"
+            ):
+                if manifest != last:  # a manifest's references come together
+                    parent = known(manifest) or digests.setdefault(manifest, _stored(manifest))
+                    children = refs[parent] = []
+                    last = manifest
+                child = known(text)
+                if child is None:
+                    child = digests[text] = _stored(text)
+                children.append(child)
+            tags: list[tuple[str, str, Digest]] = []
+            for name, tag, text in db.execute(
+                "SELECT r.name, t.tag, t.digest FROM tags t"
+                " JOIN repositories r ON r.id = t.repo_id ORDER BY r.name, t.tag"
+            ):
+                digest = known(text) or digests.setdefault(text, _stored(text))
+                tags.append((str(name), str(tag), digest))
+            content: dict[str, set[Digest]] = {}
+            for name, text in db.execute(
                 "SELECT r.name, c.digest FROM repo_content c"
                 " JOIN repositories r ON r.id = c.repo_id"
             ):
-                content.setdefault(str(name), set()).add(str(digest))
+                linked = known(text)
+                if linked is None:
+                    linked = digests[text] = _stored(text)
+                content.setdefault(str(name), set()).add(linked)
             return CacheSnapshot(items, refs, tags, content)
 
         return await self._run(read)
 
-    async def remove(self, digests: list[str]) -> None:
+    async def remove(self, digests: list[Digest]) -> None:
         if not digests:
             return
 
@@ -384,7 +421,7 @@ class SQLiteIndex:
         await self._run(delete, write=True)
         self._forget(digests)
 
-    async def evict(self, digests: list[str]) -> list[str]:
+    async def evict(self, digests: list[Digest]) -> list[Digest]:
         if not digests:
             return []
         gone = await self._run(lambda db: _remove_unreferenced(db, digests, None), write=True)
@@ -393,24 +430,26 @@ class SQLiteIndex:
 
     # --- for operator commands: small transactions that re-check before removing ----
 
-    async def known(self, digests: list[str]) -> set[str]:
+    async def known(self, digests: list[Digest]) -> set[Digest]:
         """Which of ``digests`` have a row now."""
 
-        def get(db: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
+        def get(db: sqlite3.Connection) -> set[Digest]:
+            found: set[Digest] = set()
             for digest in digests:
-                if db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
+                if db.execute("SELECT 1 FROM blobs WHERE digest = ?", (str(digest),)).fetchone():
                     found.add(digest)
             return found
 
         return await self._run(get)
 
-    async def remove_unused(self, digests: list[str], *, scope: list[str] | None) -> list[str]:
+    async def remove_unused(
+        self, digests: list[Digest], *, scope: list[str] | None
+    ) -> list[Digest]:
         """Remove each digest's rows, in order, unless (checked inside the transaction)
         a manifest still references it or, with ``scope`` (repository names), a
         repository outside it tags or links it. Returns the digests removed."""
 
-        def delete(db: sqlite3.Connection) -> list[str]:
+        def delete(db: sqlite3.Connection) -> list[Digest]:
             inside = None if scope is None else _ids(db, scope)
             return _remove_unreferenced(db, digests, inside)
 
@@ -418,13 +457,13 @@ class SQLiteIndex:
         self._forget(removed)
         return removed
 
-    async def unlink(self, repos: list[str], digests: list[str]) -> None:
+    async def unlink(self, repos: list[str], digests: list[Digest]) -> None:
         """Forget that ``repos`` hold ``digests`` (their tags naming them, their links to
         them); the content stays for the other repositories. Empty repositories go."""
 
         def delete(db: sqlite3.Connection) -> None:
             for repo_id in _ids(db, repos):
-                for digest in digests:
+                for digest in map(str, digests):
                     db.execute(
                         "DELETE FROM tags WHERE repo_id = ? AND digest = ?", (repo_id, digest)
                     )
@@ -442,13 +481,13 @@ class SQLiteIndex:
             if key[0] not in repos or value not in gone
         }
 
-    async def remove_dangling_tags(self, digests: list[str]) -> int:
+    async def remove_dangling_tags(self, digests: list[Digest]) -> int:
         """Delete tags naming one of ``digests`` if (checked in the transaction) no
         manifest row exists for it. Returns the tags deleted."""
 
         def delete(db: sqlite3.Connection) -> int:
             count = 0
-            for digest in digests:
+            for digest in map(str, digests):
                 cursor = db.execute(
                     "DELETE FROM tags WHERE digest = ?"
                     " AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = ?)",
@@ -462,16 +501,15 @@ class SQLiteIndex:
         self._forget(digests)
         return count
 
-    def _forget(self, digests: list[str]) -> None:
+    def _forget(self, digests: list[Digest]) -> None:
         gone = set(digests)
         self._tags = {key: value for key, value in self._tags.items() if value not in gone}
         for digest in digests:
             self._touched.pop(digest, None)
 
     def touch(self, digest: Digest) -> None:
-        key = str(digest)
-        _, hits = self._touched.get(key, (0.0, 0))
-        self._touched[key] = (time.time(), hits + 1)
+        _, hits = self._touched.get(digest, (0.0, 0))
+        self._touched[digest] = (time.time(), hits + 1)
 
     async def flush(self) -> None:
         if not self._touched:
@@ -481,7 +519,7 @@ class SQLiteIndex:
             lambda db: db.executemany(
                 "UPDATE blobs SET last_access = MAX(last_access, ?), hits = hits + ?"
                 " WHERE digest = ?",
-                [(ts, hits, digest) for digest, (ts, hits) in batch.items()],
+                [(ts, hits, str(digest)) for digest, (ts, hits) in batch.items()],
             ),
             write=True,
         )
@@ -496,10 +534,10 @@ def _ids(db: sqlite3.Connection, repos: list[str]) -> set[int]:
     return ids
 
 
-def _delete_rows(db: sqlite3.Connection, digests: list[str]) -> None:
+def _delete_rows(db: sqlite3.Connection, digests: list[Digest]) -> None:
     """Every row of these digests: tags naming them, their references, manifest and blob
     rows, repository links (empty repositories are dropped by the caller)."""
-    rows = [(digest,) for digest in digests]
+    rows = [(str(digest),) for digest in digests]
     db.executemany("DELETE FROM tags WHERE digest = ?", rows)
     db.executemany("DELETE FROM manifest_refs WHERE manifest = ?", rows)
     db.executemany("DELETE FROM manifests WHERE digest = ?", rows)
@@ -508,20 +546,20 @@ def _delete_rows(db: sqlite3.Connection, digests: list[str]) -> None:
 
 
 def _remove_unreferenced(
-    db: sqlite3.Connection, digests: list[str], inside: set[int] | None
-) -> list[str]:
+    db: sqlite3.Connection, digests: list[Digest], inside: set[int] | None
+) -> list[Digest]:
     """Delete each digest's rows unless a manifest that stays references it or (with
     ``inside``, repository ids) a repository outside those tags or links it: checked in
     the transaction that deletes, so content stored since a plan was made stays. Parents
     usually come before their children; a child met first is tried again once its parent
     went. Returns the digests removed, in order."""
-    removed: list[str] = []
+    removed: list[Digest] = []
     pending = list(digests)
     while pending:
-        kept: list[str] = []
+        kept: list[Digest] = []
         for digest in pending:
             referenced = db.execute(
-                "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (digest,)
+                "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (str(digest),)
             ).fetchone()
             if referenced or (inside is not None and _users(db, digest) - inside):
                 kept.append(digest)
@@ -535,14 +573,15 @@ def _remove_unreferenced(
     return removed
 
 
-def _users(db: sqlite3.Connection, digest: str) -> set[int]:
+def _users(db: sqlite3.Connection, digest: Digest) -> set[int]:
     """The repositories that tag or link ``digest``."""
+    text = str(digest)
     return {
         int(row[0])
         for row in db.execute(
             "SELECT repo_id FROM tags WHERE digest = ?"
             " UNION SELECT repo_id FROM repo_content WHERE digest = ?",
-            (digest, digest),
+            (text, text),
         )
     }
 

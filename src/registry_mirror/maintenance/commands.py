@@ -32,6 +32,7 @@ from registry_mirror import maintenance as ops
 from registry_mirror.config import Settings, parse_duration, parse_size
 from registry_mirror.index import IndexFailure
 from registry_mirror.media_types import Platform
+from registry_mirror.reference import Digest
 from registry_mirror.storage import StorageError
 
 __all__ = ["COMMANDS", "add_commands", "run"]
@@ -116,6 +117,12 @@ def _when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
 
+def _record(row: ops.RepoTag | ops.Problem) -> dict[str, object]:
+    """A row for ``--json``: its fields in order, a digest as its text."""
+    fields = ((field.name, getattr(row, field.name)) for field in dataclasses.fields(row))
+    return {name: str(value) if isinstance(value, Digest) else value for name, value in fields}
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -134,7 +141,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
 
     rows = _run(go())
     if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        print(json.dumps([_record(r) for r in rows], indent=2))
         return 0
     table = Table(title=f"cached images in {settings.root}")
     for column in ("repository", "tag", "digest", "size", "last use", "hits"):
@@ -143,7 +150,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
         )
     for r in rows:
         size = _size(r.size) + ("" if r.complete else " (partial)")
-        table.add_row(r.repository, r.tag, r.digest[:19], size, _when(r.last_use), str(r.hits))
+        table.add_row(r.repository, r.tag, str(r.digest)[:19], size, _when(r.last_use), str(r.hits))
     out.print(table)
     return 0
 
@@ -284,7 +291,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
                     "sound": not problems,
                     "hashed_bytes": hashed,
                     "repaired": args.repair,
-                    "problems": [dataclasses.asdict(p) for p in problems],
+                    "problems": [_record(p) for p in problems],
                 },
                 indent=2,
             )
@@ -297,7 +304,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     for column in ("kind", "digest", "detail"):
         table.add_column(column)
     for p in problems:
-        table.add_row(p.kind, p.digest, p.detail)
+        table.add_row(p.kind, str(p.digest), p.detail)
     out.print(table)
     if not args.repair:
         out.print("run with --repair to remove them (they are fetched again when asked)")

@@ -8,6 +8,7 @@ from registry_mirror.config import Settings
 from registry_mirror.index import CacheSnapshot
 from registry_mirror.maintenance.cache import Cache
 from registry_mirror.mirror.eviction import images_of, used_bytes
+from registry_mirror.reference import Digest
 from registry_mirror.storage import Capacity
 
 __all__ = ["Naming", "RepoTag", "UsageReport", "closure", "list_tags", "usage"]
@@ -17,15 +18,15 @@ __all__ = ["Naming", "RepoTag", "UsageReport", "closure", "list_tags", "usage"]
 class RepoTag:
     repository: str
     tag: str
-    digest: str
+    digest: Digest
     size: int
     last_use: float
     hits: int
     complete: bool  # every referenced blob is cached
 
 
-def closure(snapshot: CacheSnapshot, root: str) -> set[str]:
-    members: set[str] = set()
+def closure(snapshot: CacheSnapshot, root: Digest) -> set[Digest]:
+    members: set[Digest] = set()
     stack = [root]
     while stack:
         current = stack.pop()
@@ -70,7 +71,7 @@ class UsageReport:
 
 async def usage(cache: Cache) -> UsageReport:
     snapshot = await cache.index.snapshot()
-    holders: dict[str, int] = {}
+    holders: dict[Digest, int] = {}
     for image in images_of(snapshot):
         for member in image.members:
             holders[member] = holders.get(member, 0) + 1

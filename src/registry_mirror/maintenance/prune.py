@@ -10,7 +10,7 @@ from registry_mirror.index import CacheSnapshot
 from registry_mirror.maintenance.cache import Cache
 from registry_mirror.maintenance.inventory import Naming, closure
 from registry_mirror.mirror.eviction import EvictionPlan, plan_eviction, used_bytes
-from registry_mirror.reference import parse_digest
+from registry_mirror.reference import Digest
 from registry_mirror.storage import sizes_on_disk
 
 __all__ = ["NothingMatches", "PrunePlan", "PruneResult", "plan_prune", "prune"]
@@ -27,9 +27,9 @@ class PrunePlan:
 
     removal: EvictionPlan
     scope: list[str] | None  # the repositories pruned; None: all
-    unlink: list[str] = field(default_factory=list)  # digests those repositories let go of
+    unlink: list[Digest] = field(default_factory=list)  # what those repositories let go of
     kept: int = 0  # planned files kept because another repository or image uses them
-    names: dict[str, list[str]] = field(default_factory=dict)  # image → repo:tag
+    names: dict[Digest, list[str]] = field(default_factory=dict)  # image → repo:tag
 
     def __bool__(self) -> bool:
         return bool(self.removal.digests or self.unlink)
@@ -70,27 +70,27 @@ async def plan_prune(
         only = lambda image: image.root in wanted and image.root not in elsewhere  # noqa: E731
         if older_than is None and to_size is None:
             need = 1 << 62  # everything of those repositories
-    sizes = await sizes_on_disk(cache.store, [parse_digest(d) for d in snapshot.items])
+    sizes = await sizes_on_disk(cache.store, list(snapshot.items))
     planned = plan_eviction(
         snapshot, need=need, now=time.time(), max_idle=older_than, only=only, sizes=sizes
     )
     removal, kept = _still_used(snapshot, planned, scope, sizes)
     plan = PrunePlan(removal, scope, kept=kept)
-    held: set[str] = set()
+    held: set[Digest] = set()
     if scope is not None:
         inside = set(scope)
         if older_than is None and to_size is None:
             held = _held_by(snapshot, inside)
         else:  # only what the chosen images hold
             held = {d for root in planned.images for d in closure(snapshot, root)}
-        plan.unlink = sorted(held - set(removal.digests))
+        plan.unlink = sorted(held - set(removal.digests), key=str)
     for repo, tag, digest in snapshot.tags:
         if digest in removal.images or (scope is not None and repo in scope and digest in held):
             plan.names.setdefault(digest, []).append(f"{repo}:{tag}")
     return plan
 
 
-def _held_by(snapshot: CacheSnapshot, repos: set[str]) -> set[str]:
+def _held_by(snapshot: CacheSnapshot, repos: set[str]) -> set[Digest]:
     held = {digest for repo, _, digest in snapshot.tags if repo in repos}
     for repo in repos:
         held |= snapshot.content.get(repo, set())
@@ -98,22 +98,25 @@ def _held_by(snapshot: CacheSnapshot, repos: set[str]) -> set[str]:
 
 
 def _still_used(
-    snapshot: CacheSnapshot, plan: EvictionPlan, scope: list[str] | None, sizes: dict[str, int]
+    snapshot: CacheSnapshot,
+    plan: EvictionPlan,
+    scope: list[str] | None,
+    sizes: dict[Digest, int],
 ) -> tuple[EvictionPlan, int]:
     """The plan without what stays in use, checked in removal order as the index does it
     (:meth:`SQLiteIndex.remove_unused`): referenced by a manifest that stays, or (with
     ``scope``) tagged or linked by a repository outside it."""
-    parents: dict[str, set[str]] = {}
+    parents: dict[Digest, set[Digest]] = {}
     for manifest, children in snapshot.refs.items():
         for child in children:
             parents.setdefault(child, set()).add(manifest)
-    users: dict[str, set[str]] = {}
+    users: dict[Digest, set[str]] = {}
     for repo, _, digest in snapshot.tags:
         users.setdefault(digest, set()).add(repo)
     for repo, digests in snapshot.content.items():
         for digest in digests:
             users.setdefault(digest, set()).add(repo)
-    removed: set[str] = set()
+    removed: set[Digest] = set()
     result = EvictionPlan()
     kept = 0
     for digest in plan.digests:
@@ -141,16 +144,16 @@ async def prune(cache: Cache, plan: PrunePlan, *, batch: int = 50) -> PruneResul
     """Carry out a plan beside a live server: small index transactions, each re-checking
     inside that nothing uses the content now, then the files of what really went."""
     removed_files = freed = 0
-    gone: list[str] = []
+    gone: list[Digest] = []
     async with cache.removing() as changed:
         digests = plan.removal.digests
         for start in range(0, len(digests), batch):
             chunk = digests[start : start + batch]
             removed = await cache.index.remove_unused(chunk, scope=plan.scope)
             await changed()
-            sizes = await sizes_on_disk(cache.store, [parse_digest(d) for d in removed])
+            sizes = await sizes_on_disk(cache.store, removed)
             for digest in removed:
-                if await cache.store.delete(parse_digest(digest)):
+                if await cache.store.delete(digest):
                     removed_files += 1
                     freed += sizes.get(digest, 0)
             gone += removed

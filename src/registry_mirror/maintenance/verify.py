@@ -11,7 +11,7 @@ from registry_mirror.index import CacheSnapshot
 from registry_mirror.maintenance.cache import Cache
 from registry_mirror.media_types import ManifestParseError, parse_manifest
 from registry_mirror.mirror.recovery import recover_orphan
-from registry_mirror.reference import Digest, parse_digest
+from registry_mirror.reference import Digest
 from registry_mirror.storage import BlobStore, Staging
 
 __all__ = ["ORPHAN_GRACE", "Problem", "verify"]
@@ -22,7 +22,7 @@ ORPHAN_GRACE: Final = 60.0  # a file this young may be a commit whose index row 
 @dataclass(frozen=True, slots=True)
 class Problem:
     kind: str  # corrupt, missing, orphan, dangling-tag, staging
-    digest: str
+    digest: Digest | str  # what is wrong: a digest, or a staging leftover's name
     detail: str
 
 
@@ -60,13 +60,13 @@ async def verify(
         if found is not None:
             problems.append(found)
 
-    on_disk = [str(d) async for d in cache.store.iter_digests()]
+    on_disk = [d async for d in cache.store.iter_digests()]
     unknown = [d for d in on_disk if d not in snapshot.items]
     indexed_now = await cache.index.known(unknown) if unknown else set()
-    for digest in sorted(set(unknown) - indexed_now):
-        if await _older_than_grace(cache.store, parse_digest(digest)):
+    for digest in sorted(set(unknown) - indexed_now, key=str):
+        if await _older_than_grace(cache.store, digest):
             problems.append(Problem("orphan", digest, "file the index does not know"))
-    dangling = sorted({d for _, _, d in snapshot.tags if d not in snapshot.items})
+    dangling = sorted({d for _, _, d in snapshot.tags if d not in snapshot.items}, key=str)
     if dangling:
         now_known = await cache.index.known(dangling)
         for repo, tag, digest in snapshot.tags:
@@ -86,15 +86,14 @@ async def verify(
 
 async def _check_file(
     cache: Cache,
-    digest: str,
+    digest: Digest,
     media_type: str | None,
     size: int,
     progress: Callable[[int], None] | None,
 ) -> tuple[Problem | None, int]:
     """Hash one file; a problem, or None when it is sound or simply gone."""
-    parsed = parse_digest(digest)
-    ok, length = await cache.store.verify(parsed, progress)  # (False, 0) when there is none
-    if not ok and length == 0 and await cache.store.stat(parsed) is None:
+    ok, length = await cache.store.verify(digest, progress)  # (False, 0) when there is none
+    if not ok and length == 0 and await cache.store.stat(digest) is None:
         return Problem("missing", digest, "indexed but no file"), 0
     if not ok:
         return Problem("corrupt", digest, f"content does not hash to its name ({length} bytes)"), (
@@ -103,7 +102,7 @@ async def _check_file(
     if length != size:
         return Problem("corrupt", digest, f"{length} bytes, index says {size}"), length
     if media_type is not None:
-        body = await cache.store.read_all(parsed, 64 * 1024 * 1024)
+        body = await cache.store.read_all(digest, 64 * 1024 * 1024)
         if body is None:
             return None, length  # evicted after the hash: fine
         try:
@@ -135,20 +134,19 @@ async def _repair(
         await cache.store.clean_staging(older_than=ORPHAN_GRACE)  # their age checked again
     for problem in problems:
         digest = problem.digest
-        if problem.kind == "staging":
+        if problem.kind == "staging" or isinstance(digest, str):
             continue
         if problem.kind == "dangling-tag":
             await cache.index.remove_dangling_tags([digest])
             await changed()
             continue
-        parsed = parse_digest(digest)
         if problem.kind == "orphan":
             if await cache.index.known([digest]) or not await _older_than_grace(
-                cache.store, parsed
+                cache.store, digest
             ):
                 continue  # indexed or rewritten meanwhile
             # As the server does at start: indexed again if sound, else removed.
-            await recover_orphan(cache.store, cache.index, parsed)
+            await recover_orphan(cache.store, cache.index, digest)
             continue
         item = snapshot.items[digest]
         found, _ = await _check_file(cache, digest, item.media_type, item.size, None)
@@ -160,4 +158,4 @@ async def _repair(
             # The file is the one just found corrupt unless a server replaced it since.
             again, _ = await _check_file(cache, digest, item.media_type, item.size, None)
             if again is not None:
-                await cache.store.delete(parsed)
+                await cache.store.delete(digest)

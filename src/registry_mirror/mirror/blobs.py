@@ -30,22 +30,21 @@ class Pins:
     """Digests in use (being written or served): eviction leaves them alone."""
 
     def __init__(self) -> None:
-        self._held: Counter[str] = Counter()
+        self._held: Counter[Digest] = Counter()
 
     def __contains__(self, digest: Digest) -> bool:
-        return str(digest) in self._held
+        return digest in self._held
 
-    def pinned(self) -> list[str]:
+    def pinned(self) -> list[Digest]:
         return list(self._held)
 
     def add(self, digest: Digest) -> None:
-        self._held[str(digest)] += 1
+        self._held[digest] += 1
 
     def remove(self, digest: Digest) -> None:
-        key = str(digest)
-        self._held[key] -= 1
-        if self._held[key] <= 0:
-            del self._held[key]
+        self._held[digest] -= 1
+        if self._held[digest] <= 0:
+            del self._held[digest]
 
     @contextlib.contextmanager
     def hold(self, digest: Digest) -> Iterator[None]:

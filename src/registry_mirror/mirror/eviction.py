@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from registry_mirror.index import CacheSnapshot, Index
-from registry_mirror.reference import parse_digest
+from registry_mirror.reference import Digest
 from registry_mirror.storage import BlobStore, Capacity, sizes_on_disk, stored_bytes
 
 __all__ = ["EvictionPlan", "Evictor", "StorageLimits", "plan_eviction", "used_bytes"]
@@ -45,8 +45,8 @@ class StorageLimits:
 
 @dataclass(slots=True)
 class Image:
-    root: str
-    members: set[str]
+    root: Digest
+    members: set[Digest]
     last_use: float
 
 
@@ -54,12 +54,18 @@ class Image:
 class EvictionPlan:
     """Digests to remove, in order, and the bytes that frees."""
 
-    digests: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
+    digests: list[Digest] = field(default_factory=list)
+    images: list[Digest] = field(default_factory=list)
     freed: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.digests)
+
+
+def _order(digest: Digest) -> tuple[str, str]:
+    """A digest's place in a sorted list: the order of its text (``sha256:…`` before
+    ``sha512:…``), without formatting it."""
+    return digest.algorithm, digest.hex
 
 
 def images_of(snapshot: CacheSnapshot) -> list[Image]:
@@ -70,7 +76,7 @@ def images_of(snapshot: CacheSnapshot) -> list[Image]:
     for digest in items:
         if digest in referenced:
             continue
-        members: set[str] = set()
+        members: set[Digest] = set()
         stack = [digest]
         while stack:
             current = stack.pop()
@@ -83,7 +89,7 @@ def images_of(snapshot: CacheSnapshot) -> list[Image]:
         manifests = [m for m in members if items[m].media_type is not None] or list(members)
         last_use = max(items[m].last_access for m in manifests)
         images.append(Image(digest, members, last_use))
-    images.sort(key=lambda image: (image.last_use, image.root))
+    images.sort(key=lambda image: (image.last_use, _order(image.root)))
     return images
 
 
@@ -93,15 +99,15 @@ def plan_eviction(
     need: int,
     now: float,
     max_idle: float | None = None,
-    protected: Collection[str] = (),
+    protected: Collection[Digest] = (),
     only: Callable[[Image], bool] | None = None,
-    sizes: dict[str, int] | None = None,
+    sizes: dict[Digest, int] | None = None,
 ) -> EvictionPlan:
     """Choose images to evict: every image idle past ``max_idle``, then LRU images
     until ``need`` bytes are freed. Images holding a ``protected`` digest (being served
     or written) stay. ``sizes`` gives bytes on disk (defaults to the indexed sizes)."""
     images = images_of(snapshot)
-    holders: dict[str, int] = {}
+    holders: dict[Digest, int] = {}
     for image in images:
         for member in image.members:
             holders[member] = holders.get(member, 0) + 1
@@ -115,7 +121,7 @@ def plan_eviction(
         if any(member in protected for member in image.members):
             continue
         plan.images.append(image.root)
-        freed_here: list[str] = []
+        freed_here: list[Digest] = []
         for member in image.members:
             holders[member] -= 1
             if holders[member] == 0:
@@ -125,7 +131,7 @@ def plan_eviction(
             key=lambda d: (
                 snapshot.items[d].media_type is None,
                 d != image.root,
-                d,
+                _order(d),
             )
         )
         for digest in freed_here:
@@ -134,18 +140,20 @@ def plan_eviction(
     return plan
 
 
-async def apply_plan(plan: EvictionPlan, index: Index, store: BlobStore) -> tuple[list[str], int]:
+async def apply_plan(
+    plan: EvictionPlan, index: Index, store: BlobStore
+) -> tuple[list[Digest], int]:
     """Remove planned content: index rows first, then files. The plan was made from a
     snapshot: content a manifest stored since then references stays (the index checks
     that in the transaction that deletes the rows), and so does its file. Returns the
     digests removed from the index and the number of files deleted."""
-    removed: list[str] = []
+    removed: list[Digest] = []
     files = 0
     for start in range(0, len(plan.digests), 500):
         batch = plan.digests[start : start + 500]
         for digest in await index.evict(batch):
             removed.append(digest)
-            if await store.delete(parse_digest(digest)):
+            if await store.delete(digest):
                 files += 1
     return removed, files
 
@@ -174,10 +182,10 @@ class Evictor:
         index: Index,
         store: BlobStore,
         limits: StorageLimits,
-        in_use: Callable[[], Iterable[str]],
+        in_use: Callable[[], Iterable[Digest]],
     ) -> None:
         # Told what each eviction removed (memories of the index forget it).
-        self.on_evict: list[Callable[[list[str]], None]] = []
+        self.on_evict: list[Callable[[list[Digest]], None]] = []
         self.index = index
         self.store = store
         self.limits = limits
@@ -274,7 +282,7 @@ class Evictor:
             if need > 0:
                 log.warning("over the storage limit by %d bytes, nothing evictable", need)
             return plan
-        sizes = await sizes_on_disk(self.store, [parse_digest(d) for d in plan.digests])
+        sizes = await sizes_on_disk(self.store, plan.digests)
         removed, files = await apply_plan(plan, self.index, self.store)
         for listener in self.on_evict:
             listener(removed)

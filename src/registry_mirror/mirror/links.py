@@ -26,7 +26,7 @@ class RepoLinks:
 
     def __init__(self, index: Index, remembered: int = REMEMBERED_LINKS) -> None:
         self._index = index
-        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known: OrderedDict[tuple[str, Digest], None] = OrderedDict()
         self._limit = remembered
         # Another process (prune, verify --repair) may remove links: forget them then.
         self._watch = GenerationWatch(index.generation, self._forget_all)
@@ -37,15 +37,11 @@ class RepoLinks:
     def _forget_all(self) -> None:
         self._known = OrderedDict()
 
-    @staticmethod
-    def _key(repo: str, digest: str) -> str:
-        return f"{repo}@{digest}"
-
-    def _remember(self, repo: str, digests: Iterable[str], generation: bytes) -> None:
+    def _remember(self, repo: str, digests: Iterable[Digest], generation: bytes) -> None:
         if not self._watch.still(generation):
             return  # the index changed while it was asked: not remembered over that
         for digest in digests:
-            key = self._key(repo, digest)
+            key = (repo, digest)
             self._known[key] = None
             self._known.move_to_end(key)
         while len(self._known) > self._limit:
@@ -53,13 +49,13 @@ class RepoLinks:
 
     async def linked(self, repo: str, digest: Digest) -> bool:
         """Whether ``digest`` may be served under ``repo`` from the cache."""
-        key = self._key(repo, str(digest))
+        key = (repo, digest)
         generation = self._watch.current()
         if key in self._known:
             self._known.move_to_end(key)
             return True
         if await self._index.linked(repo, digest):
-            self._remember(repo, [str(digest)], generation)
+            self._remember(repo, [digest], generation)
             return True
         return False
 
@@ -68,8 +64,8 @@ class RepoLinks:
         generation = self._watch.current()
         self._remember(repo, await self._index.link(repo, digest), generation)
 
-    def forget(self, digests: list[str]) -> None:
+    def forget(self, digests: list[Digest]) -> None:
         """Content left the cache (eviction): its links go with its index rows."""
         gone = set(digests)
-        for key in [k for k in self._known if k.rpartition("@")[2] in gone]:
+        for key in [k for k in self._known if k[1] in gone]:
             del self._known[key]

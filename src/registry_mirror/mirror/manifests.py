@@ -24,7 +24,7 @@ from registry_mirror.mirror.guard import StorageGuard
 from registry_mirror.mirror.presence import Presence
 from registry_mirror.mirror.routing import Route
 from registry_mirror.mirror.singleflight import SingleFlight
-from registry_mirror.reference import Digest, Tag, parse_digest
+from registry_mirror.reference import Digest, Tag
 from registry_mirror.storage import BlobStore, StorageError
 from registry_mirror.upstream import (
     ManifestInfo,
@@ -86,9 +86,9 @@ class ManifestMemory:
             self._items.move_to_end(digest)
         return item
 
-    def discard(self, digests: list[str]) -> None:
-        for raw in digests:
-            item = self._items.pop(parse_digest(raw), None)
+    def discard(self, digests: list[Digest]) -> None:
+        for digest in digests:
+            item = self._items.pop(digest, None)
             if item is not None:
                 self._bytes -= len(item[1])
 
@@ -136,7 +136,7 @@ class Manifests:
         self._pending_tags: OrderedDict[tuple[str, str], tuple[Digest, float]] = OrderedDict()
         self._stale_log = ThrottledLog(log)  # once a minute per repository
 
-    def forget(self, digests: list[str]) -> None:
+    def forget(self, digests: list[Digest]) -> None:
         """Content left the cache (eviction): its bodies leave memory."""
         self._memory.discard(digests)
 

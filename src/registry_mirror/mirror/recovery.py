@@ -54,7 +54,7 @@ async def adopt_orphans(
     try:
         snapshot = await index.snapshot()
         async for digest in store.iter_digests():
-            if str(digest) in snapshot.items or busy(digest):
+            if digest in snapshot.items or busy(digest):
                 continue
             try:
                 adopted = await recover_orphan(store, index, digest)

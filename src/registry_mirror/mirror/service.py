@@ -80,7 +80,7 @@ class Mirror:
             await asyncio.gather(self._recovery, return_exceptions=True)
         await self.blobs.close()
 
-    def _evicted(self, digests: list[str]) -> None:
+    def _evicted(self, digests: list[Digest]) -> None:
         self.manifests.forget(digests)
         self._links.forget(digests)
 

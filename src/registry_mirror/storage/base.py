@@ -165,7 +165,7 @@ class Capacity(Protocol):
         """Bytes on disk of every committed blob (measured, not summed from the index)."""
         ...
 
-    async def disk_sizes(self, digests: list[Digest]) -> dict[str, int]:
+    async def disk_sizes(self, digests: list[Digest]) -> dict[Digest, int]:
         """Bytes on disk of these blobs (absent ones are left out)."""
         ...
 
@@ -192,16 +192,16 @@ class Staging(Protocol):
         ...
 
 
-async def sizes_on_disk(store: BlobStore, digests: list[Digest]) -> dict[str, int]:
+async def sizes_on_disk(store: BlobStore, digests: list[Digest]) -> dict[Digest, int]:
     """Bytes these blobs take (absent ones left out): measured on a disk of the store's
     own, else their lengths."""
     if isinstance(store, Capacity):
         return await store.disk_sizes(digests)
-    sizes: dict[str, int] = {}
+    sizes: dict[Digest, int] = {}
     for digest in digests:
         info = await store.stat(digest)
         if info is not None:
-            sizes[str(digest)] = info.size
+            sizes[digest] = info.size
     return sizes
 
 

@@ -233,12 +233,12 @@ class FilesystemBlobStore:
 
         return await self._scan_io(measure)
 
-    async def disk_sizes(self, digests: list[Digest]) -> dict[str, int]:
-        def measure() -> dict[str, int]:
-            sizes: dict[str, int] = {}
+    async def disk_sizes(self, digests: list[Digest]) -> dict[Digest, int]:
+        def measure() -> dict[Digest, int]:
+            sizes: dict[Digest, int] = {}
             for digest in digests:
                 with contextlib.suppress(FileNotFoundError):
-                    sizes[str(digest)] = os.stat(self.path_for(digest)).st_blocks * 512
+                    sizes[digest] = os.stat(self.path_for(digest)).st_blocks * 512
             return sizes
 
         return await self._scan_io(measure)

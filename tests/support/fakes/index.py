@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from registry_mirror.index import CacheItem, CacheSnapshot, IndexFailure, ManifestRecord
 from registry_mirror.index.sqlite import MAX_LINKED
-from registry_mirror.reference import Digest, parse_digest
+from registry_mirror.reference import Digest
 
 __all__ = ["MemoryIndex"]
 
@@ -26,24 +26,24 @@ class _Tables:
     """One index's content, shared by every handle on it (like a database file)."""
 
     repositories: dict[str, float] = field(default_factory=dict)  # name → created at
-    tags: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo, tag) → digest
-    manifests: dict[str, tuple[str, int]] = field(default_factory=dict)  # media type, size
-    refs: dict[str, dict[str, None]] = field(default_factory=dict)  # manifest → children
-    blobs: dict[str, _Blob] = field(default_factory=dict)
-    content: dict[str, set[str]] = field(default_factory=dict)  # repo → digests linked
+    tags: dict[tuple[str, str], Digest] = field(default_factory=dict)  # (repo, tag) → digest
+    manifests: dict[Digest, tuple[str, int]] = field(default_factory=dict)  # media type, size
+    refs: dict[Digest, dict[Digest, None]] = field(default_factory=dict)  # manifest → children
+    blobs: dict[Digest, _Blob] = field(default_factory=dict)
+    content: dict[str, set[Digest]] = field(default_factory=dict)  # repo → digests linked
     generation: int = 0
 
     def repo(self, name: str) -> None:
         self.repositories.setdefault(name, time.time())
 
-    def add_content(self, repo: str | None, digest: str, size: int) -> None:
+    def add_content(self, repo: str | None, digest: Digest, size: int) -> None:
         now = time.time()
         self.blobs.setdefault(digest, _Blob(size, now, now))
         if repo is not None:
             self.repo(repo)
             self.content.setdefault(repo, set()).add(digest)
 
-    def delete_rows(self, digests: list[str]) -> None:
+    def delete_rows(self, digests: list[Digest]) -> None:
         gone = set(digests)
         self.tags = {key: d for key, d in self.tags.items() if d not in gone}
         for digest in digests:
@@ -60,22 +60,22 @@ class _Tables:
                 del self.repositories[name]
                 self.content.pop(name, None)
 
-    def users(self, digest: str) -> set[str]:
+    def users(self, digest: Digest) -> set[str]:
         """The repositories that tag or link ``digest``."""
         tagging = {repo for (repo, _), d in self.tags.items() if d == digest}
         return tagging | {repo for repo, linked in self.content.items() if digest in linked}
 
-    def referenced(self, digest: str) -> bool:
+    def referenced(self, digest: Digest) -> bool:
         return any(digest in children for children in self.refs.values())
 
-    def remove_unreferenced(self, digests: list[str], inside: set[str] | None) -> list[str]:
+    def remove_unreferenced(self, digests: list[Digest], inside: set[str] | None) -> list[Digest]:
         """As the SQLite index does: in order, keeping what a manifest that stays (or a
         repository outside ``inside``) still uses; a child met before its parent is
         tried again once the parent went."""
-        removed: list[str] = []
+        removed: list[Digest] = []
         pending = list(digests)
         while pending:
-            kept: list[str] = []
+            kept: list[Digest] = []
             for digest in pending:
                 if self.referenced(digest) or (inside is not None and self.users(digest) - inside):
                     kept.append(digest)
@@ -97,7 +97,7 @@ class MemoryIndex:
     def __init__(self) -> None:
         self._tables = _Tables()
         self._open = False
-        self._touched: dict[str, tuple[float, int]] = {}
+        self._touched: dict[Digest, tuple[float, int]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryIndex {len(self._tables.blobs)} items>"
@@ -133,15 +133,14 @@ class MemoryIndex:
         self._open = False
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
-        found = (await self._ready()).tags.get((repo, tag))
-        return None if found is None else parse_digest(found)
+        return (await self._ready()).tags.get((repo, tag))
 
     async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
         tables = await self._ready()
-        if str(digest) not in tables.manifests:
+        if digest not in tables.manifests:
             return  # as SQLite: only for a manifest the index has
         tables.repo(repo)
-        tables.tags[(repo, tag)] = str(digest)
+        tables.tags[(repo, tag)] = digest
 
     async def delete_tag(self, repo: str, tag: str) -> None:
         (await self._ready()).tags.pop((repo, tag), None)
@@ -153,25 +152,25 @@ class MemoryIndex:
         self, repo: str | None, record: ManifestRecord, references: list[Digest]
     ) -> None:
         tables = await self._ready()
-        digest = str(record.digest)
+        digest = record.digest
         tables.manifests[digest] = (record.media_type, record.size)
         children = tables.refs.setdefault(digest, {})
-        children.update(dict.fromkeys(str(ref) for ref in references))
+        children.update(dict.fromkeys(references))
         if not children:
             del tables.refs[digest]
         tables.add_content(repo, digest, record.size)
 
     async def get_manifest(self, digest: Digest) -> ManifestRecord | None:
-        found = (await self._ready()).manifests.get(str(digest))
+        found = (await self._ready()).manifests.get(digest)
         return None if found is None else ManifestRecord(digest, found[0], found[1])
 
     async def linked(self, repo: str, digest: Digest) -> bool:
-        return str(digest) in (await self._ready()).content.get(repo, ())
+        return digest in (await self._ready()).content.get(repo, ())
 
-    async def link(self, repo: str, digest: Digest) -> list[str]:
+    async def link(self, repo: str, digest: Digest) -> list[Digest]:
         tables = await self._ready()
-        reached = dict.fromkeys([str(digest)])
-        queue = [str(digest)]
+        reached = dict.fromkeys([digest])
+        queue = [digest]
         while queue and len(reached) < MAX_LINKED:
             for child in tables.refs.get(queue.pop(0), {}):
                 if child not in reached and len(reached) < MAX_LINKED:
@@ -182,7 +181,7 @@ class MemoryIndex:
         return list(reached)
 
     async def put_blob(self, repo: str | None, digest: Digest, size: int) -> None:
-        (await self._ready()).add_content(repo, str(digest), size)
+        (await self._ready()).add_content(repo, digest, size)
 
     async def repositories(self) -> list[str]:
         return sorted((await self._ready()).repositories)
@@ -204,11 +203,11 @@ class MemoryIndex:
         return CacheSnapshot(
             items,
             {manifest: list(children) for manifest, children in tables.refs.items()},
-            sorted((repo, tag, digest) for (repo, tag), digest in tables.tags.items()),
+            [(repo, tag, digest) for (repo, tag), digest in sorted(tables.tags.items())],
             {repo: set(linked) for repo, linked in tables.content.items() if linked},
         )
 
-    async def remove(self, digests: list[str]) -> None:
+    async def remove(self, digests: list[Digest]) -> None:
         if not digests:
             return
         tables = await self._ready()
@@ -217,7 +216,7 @@ class MemoryIndex:
         self._forget(digests)
         self._changed(True)
 
-    async def evict(self, digests: list[str]) -> list[str]:
+    async def evict(self, digests: list[Digest]) -> list[Digest]:
         if not digests:
             return []
         gone = (await self._ready()).remove_unreferenced(digests, None)
@@ -227,11 +226,13 @@ class MemoryIndex:
 
     # --- the operator commands' calls (as the SQLite index has them) ------------------
 
-    async def known(self, digests: list[str]) -> set[str]:
+    async def known(self, digests: list[Digest]) -> set[Digest]:
         tables = await self._ready()
         return {digest for digest in digests if digest in tables.blobs}
 
-    async def remove_unused(self, digests: list[str], *, scope: list[str] | None) -> list[str]:
+    async def remove_unused(
+        self, digests: list[Digest], *, scope: list[str] | None
+    ) -> list[Digest]:
         tables = await self._ready()
         inside = None if scope is None else set(scope) & set(tables.repositories)
         removed = tables.remove_unreferenced(digests, inside)
@@ -239,7 +240,7 @@ class MemoryIndex:
         self._changed(bool(removed))
         return removed
 
-    async def unlink(self, repos: list[str], digests: list[str]) -> None:
+    async def unlink(self, repos: list[str], digests: list[Digest]) -> None:
         tables = await self._ready()
         names, gone = set(repos), set(digests)
         tables.tags = {
@@ -252,7 +253,7 @@ class MemoryIndex:
         tables.drop_empty_repositories()
         self._changed(True)
 
-    async def remove_dangling_tags(self, digests: list[str]) -> int:
+    async def remove_dangling_tags(self, digests: list[Digest]) -> int:
         tables = await self._ready()
         dangling = {digest for digest in digests if digest not in tables.manifests}
         before = len(tables.tags)
@@ -263,14 +264,13 @@ class MemoryIndex:
         self._changed(count > 0)
         return count
 
-    def _forget(self, digests: list[str]) -> None:
+    def _forget(self, digests: list[Digest]) -> None:
         for digest in digests:
             self._touched.pop(digest, None)
 
     def touch(self, digest: Digest) -> None:
-        key = str(digest)
-        _, hits = self._touched.get(key, (0.0, 0))
-        self._touched[key] = (time.time(), hits + 1)
+        _, hits = self._touched.get(digest, (0.0, 0))
+        self._touched[digest] = (time.time(), hits + 1)
 
     async def flush(self) -> None:
         if not self._touched:
