@@ -260,7 +260,7 @@ async def test_a_mismatching_blob_is_never_cached(mirror: Mirror, upstream: Fake
         await cut_off()
         assert upstream.count("get_blob") == 2  # nothing kept: asked again
         assert m.store.blobs == {}
-        assert await m.index.known([str(digest)]) == set()
+        assert await m.index.known([digest]) == set()
         assert upstream.open_streams == 0
         assert (await m.client.get("/v2/_catalog")).status == 200
 
@@ -290,7 +290,7 @@ async def test_a_cut_download_resumes(mirror: Mirror, upstream: FakeUpstream) ->
         offsets = [call.offset for call in upstream.calls if call.method == "get_blob"]
         assert offsets == [0, 30_000]  # resumed where it broke, not from the start
         assert m.store.blobs[digest] == data
-        assert await m.index.known([str(digest)]) == {str(digest)}
+        assert await m.index.known([digest]) == {digest}
 
 
 async def test_a_download_that_keeps_breaking_caches_nothing(
@@ -306,7 +306,7 @@ async def test_a_download_that_keeps_breaking_caches_nothing(
             await response.read()
         assert upstream.count("get_blob") == 3  # the attempts, each from where it broke
         assert m.store.blobs == {}
-        assert await m.index.known([str(digest)]) == set()
+        assert await m.index.known([digest]) == set()
         assert upstream.open_streams == 0
 
 
