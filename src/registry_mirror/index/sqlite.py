@@ -359,8 +359,8 @@ class SQLiteIndex:
             # and sets below then compare digests by identity.
             digests: dict[str, Digest] = {}
             known = digests.get
-            # The few manifests' media types by text, rather than a join: a lookup per
-            # blob row in memory costs far less than one in the manifests table.
+            # The manifests' media types by text rather than a join: a lookup in memory
+            # per blob row costs far less than one in the manifests table.
             media_types = dict(db.execute("SELECT digest, media_type FROM manifests"))
             media_type = media_types.get
             items: dict[Digest, CacheItem] = {}
