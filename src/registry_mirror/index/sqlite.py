@@ -10,14 +10,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from registry_mirror.index.base import (
-    CacheItem,
     CacheSnapshot,
     GenerationWatch,
     IndexFailure,
     ManifestRecord,
+)
+from registry_mirror.index.statements import (
+    MAX_LINKED,
+    MAX_REMEMBERED_TAGS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    delete_rows,
+    drop_empty_repositories,
+    ids,
+    read_snapshot,
+    remove_unreferenced,
+    stored,
 )
 from registry_mirror.reference import Digest
 
@@ -27,64 +38,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
-MAX_REMEMBERED_TAGS: Final = 50_000
-MAX_LINKED: Final = 100_000  # digests one link() may reach (an index of images of layers)
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS repositories (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tags (
-    repo_id INTEGER NOT NULL REFERENCES repositories(id),
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (repo_id, tag)
-);
-CREATE TABLE IF NOT EXISTS manifests (
-    digest TEXT PRIMARY KEY,
-    media_type TEXT NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS manifest_refs (
-    manifest TEXT NOT NULL,
-    child TEXT NOT NULL,
-    PRIMARY KEY (manifest, child)
-);
-CREATE TABLE IF NOT EXISTS blobs (
-    digest TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    last_access REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS repo_content (
-    repo_id INTEGER NOT NULL REFERENCES repositories(id),
-    digest TEXT NOT NULL,
-    PRIMARY KEY (repo_id, digest)
-);
--- Lookups by digest when content is removed (the keys above start with another column).
--- Indexes change no row: an index of this schema without them is the same version.
-CREATE INDEX IF NOT EXISTS tags_digest ON tags (digest);
-CREATE INDEX IF NOT EXISTS repo_content_digest ON repo_content (digest);
-CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs (child);
-"""
-
 
 def _no_generation() -> bytes:
     return b""
-
-
-_ALGORITHMS: Final = {"sha256": "sha256", "sha512": "sha512"}
-
-
-def _stored(text: str) -> Digest:
-    """A digest as the index stores it (``algorithm:hex``, validated when written): split,
-    not parsed again; the algorithm's name is shared by every digest read."""
-    algorithm, _, hex_ = text.partition(":")
-    return Digest(_ALGORITHMS.get(algorithm, algorithm), hex_)
 
 
 class SQLiteIndex:
@@ -204,7 +160,7 @@ class SQLiteIndex:
                 " WHERE r.name = ? AND t.tag = ?",
                 (repo, tag),
             ).fetchone()
-            return None if row is None else _stored(row[0])
+            return None if row is None else stored(row[0])
 
         found = await self._run(get)
         if found is None:
@@ -320,7 +276,7 @@ class SQLiteIndex:
                 "INSERT OR IGNORE INTO repo_content (repo_id, digest) VALUES (?, ?)",
                 [(repo_id, d) for d in reached],
             )
-            return [_stored(d) for d in reached]
+            return [stored(d) for d in reached]
 
         return await self._run(put, write=True)
 
@@ -353,70 +309,15 @@ class SQLiteIndex:
     async def snapshot(self) -> CacheSnapshot:
         await self.flush()
 
-        def read(db: sqlite3.Connection) -> CacheSnapshot:
-            # One Digest per stored digest, however many rows name it: built once (a
-            # snapshot can hold millions of rows), then found by its text; the dicts
-            # and sets below then compare digests by identity.
-            digests: dict[str, Digest] = {}
-            known = digests.get
-            # The manifests' media types by text rather than a join: a lookup in memory
-            # per blob row costs far less than one in the manifests table.
-            media_types = dict(db.execute("SELECT digest, media_type FROM manifests"))
-            media_type = media_types.get
-            items: dict[Digest, CacheItem] = {}
-            for text, size, created_at, last_access, hits in db.execute(
-                "SELECT digest, size, created_at, last_access, hits FROM blobs"
-            ):
-                digest = digests[text] = _stored(text)
-                items[digest] = CacheItem(
-                    digest,
-                    int(size),
-                    float(created_at),
-                    float(last_access),
-                    int(hits),
-                    media_type(text),
-                )
-            refs: dict[Digest, list[Digest]] = {}
-            children: list[Digest] = []
-            last = None
-            for manifest, text in db.execute(
-                "SELECT manifest, child FROM manifest_refs ORDER BY manifest"
-            ):
-                if manifest != last:  # a manifest's references come together
-                    parent = known(manifest) or digests.setdefault(manifest, _stored(manifest))
-                    children = refs[parent] = []
-                    last = manifest
-                child = known(text)
-                if child is None:
-                    child = digests[text] = _stored(text)
-                children.append(child)
-            tags: list[tuple[str, str, Digest]] = []
-            for name, tag, text in db.execute(
-                "SELECT r.name, t.tag, t.digest FROM tags t"
-                " JOIN repositories r ON r.id = t.repo_id ORDER BY r.name, t.tag"
-            ):
-                digest = known(text) or digests.setdefault(text, _stored(text))
-                tags.append((str(name), str(tag), digest))
-            content: dict[str, set[Digest]] = {}
-            for name, text in db.execute(
-                "SELECT r.name, c.digest FROM repo_content c"
-                " JOIN repositories r ON r.id = c.repo_id"
-            ):
-                linked = known(text)
-                if linked is None:
-                    linked = digests[text] = _stored(text)
-                content.setdefault(str(name), set()).add(linked)
-            return CacheSnapshot(items, refs, tags, content)
-
-        return await self._run(read)
+        return await self._run(read_snapshot)
 
     async def remove(self, digests: list[Digest]) -> None:
         if not digests:
             return
 
         def delete(db: sqlite3.Connection) -> None:
-            _delete_rows(db, digests)
-            _drop_empty_repositories(db)
+            delete_rows(db, digests)
+            drop_empty_repositories(db)
 
         await self._run(delete, write=True)
         self._forget(digests)
@@ -424,7 +325,7 @@ class SQLiteIndex:
     async def evict(self, digests: list[Digest]) -> list[Digest]:
         if not digests:
             return []
-        gone = await self._run(lambda db: _remove_unreferenced(db, digests, None), write=True)
+        gone = await self._run(lambda db: remove_unreferenced(db, digests, None), write=True)
         self._forget(gone)
         return gone
 
@@ -450,8 +351,8 @@ class SQLiteIndex:
         repository outside it tags or links it. Returns the digests removed."""
 
         def delete(db: sqlite3.Connection) -> list[Digest]:
-            inside = None if scope is None else _ids(db, scope)
-            return _remove_unreferenced(db, digests, inside)
+            inside = None if scope is None else ids(db, scope)
+            return remove_unreferenced(db, digests, inside)
 
         removed = await self._run(delete, write=True)
         self._forget(removed)
@@ -462,7 +363,7 @@ class SQLiteIndex:
         them); the content stays for the other repositories. Empty repositories go."""
 
         def delete(db: sqlite3.Connection) -> None:
-            for repo_id in _ids(db, repos):
+            for repo_id in ids(db, repos):
                 for digest in map(str, digests):
                     db.execute(
                         "DELETE FROM tags WHERE repo_id = ? AND digest = ?", (repo_id, digest)
@@ -471,7 +372,7 @@ class SQLiteIndex:
                         "DELETE FROM repo_content WHERE repo_id = ? AND digest = ?",
                         (repo_id, digest),
                     )
-            _drop_empty_repositories(db)
+            drop_empty_repositories(db)
 
         await self._run(delete, write=True)
         gone = set(digests)
@@ -494,7 +395,7 @@ class SQLiteIndex:
                     (digest, digest),
                 )
                 count += cursor.rowcount
-            _drop_empty_repositories(db)
+            drop_empty_repositories(db)
             return count
 
         count = await self._run(delete, write=True)
@@ -523,71 +424,3 @@ class SQLiteIndex:
             ),
             write=True,
         )
-
-
-def _ids(db: sqlite3.Connection, repos: list[str]) -> set[int]:
-    ids: set[int] = set()
-    for repo in repos:
-        row = db.execute("SELECT id FROM repositories WHERE name = ?", (repo,)).fetchone()
-        if row is not None:
-            ids.add(int(row[0]))
-    return ids
-
-
-def _delete_rows(db: sqlite3.Connection, digests: list[Digest]) -> None:
-    """Every row of these digests: tags naming them, their references, manifest and blob
-    rows, repository links (empty repositories are dropped by the caller)."""
-    rows = [(str(digest),) for digest in digests]
-    db.executemany("DELETE FROM tags WHERE digest = ?", rows)
-    db.executemany("DELETE FROM manifest_refs WHERE manifest = ?", rows)
-    db.executemany("DELETE FROM manifests WHERE digest = ?", rows)
-    db.executemany("DELETE FROM repo_content WHERE digest = ?", rows)
-    db.executemany("DELETE FROM blobs WHERE digest = ?", rows)
-
-
-def _remove_unreferenced(
-    db: sqlite3.Connection, digests: list[Digest], inside: set[int] | None
-) -> list[Digest]:
-    """Delete each digest's rows unless a manifest that stays references it or (with
-    ``inside``, repository ids) a repository outside those tags or links it: checked in
-    the transaction that deletes, so content stored since a plan was made stays. Parents
-    usually come before their children; a child met first is tried again once its parent
-    went. Returns the digests removed, in order."""
-    removed: list[Digest] = []
-    pending = list(digests)
-    while pending:
-        kept: list[Digest] = []
-        for digest in pending:
-            referenced = db.execute(
-                "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1", (str(digest),)
-            ).fetchone()
-            if referenced or (inside is not None and _users(db, digest) - inside):
-                kept.append(digest)
-                continue
-            _delete_rows(db, [digest])
-            removed.append(digest)
-        if len(kept) == len(pending):
-            break
-        pending = kept
-    _drop_empty_repositories(db)
-    return removed
-
-
-def _users(db: sqlite3.Connection, digest: Digest) -> set[int]:
-    """The repositories that tag or link ``digest``."""
-    text = str(digest)
-    return {
-        int(row[0])
-        for row in db.execute(
-            "SELECT repo_id FROM tags WHERE digest = ?"
-            " UNION SELECT repo_id FROM repo_content WHERE digest = ?",
-            (text, text),
-        )
-    }
-
-
-def _drop_empty_repositories(db: sqlite3.Connection) -> None:
-    db.execute(
-        "DELETE FROM repositories WHERE id NOT IN (SELECT repo_id FROM tags)"
-        " AND id NOT IN (SELECT repo_id FROM repo_content)"
-    )

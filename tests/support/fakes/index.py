@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from registry_mirror.index import CacheItem, CacheSnapshot, IndexFailure, ManifestRecord
-from registry_mirror.index.sqlite import MAX_LINKED
+from registry_mirror.index.statements import MAX_LINKED
 from registry_mirror.reference import Digest
 
 __all__ = ["MemoryIndex"]
