@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
 READ_CHUNK: Final = 256 * 1024
+# The latest chunks written stay in memory too: a client at the edge of the download
+# (the first one, usually) takes them from there, without reading the staged file back.
+RECENT_BYTES: Final = 2 * 1024 * 1024
 
 
 class BlobFill:
@@ -61,11 +65,15 @@ class BlobFill:
         self._staged: StagedBlob | None = None
         self.size: int | None = None
         self.written = 0
+        self._recent: deque[tuple[int, bytes]] = deque()  # (offset, chunk), oldest first
+        self._recent_bytes = 0
         self.done = False
         self.error: BaseException | None = None
+        self.verified = False  # the content matches its digest (published or not yet)
         self.committed = False  # verified and published in the store
         self._answered = False  # upstream accepted the download: errors now abort streams
         self._ready = asyncio.Event()
+        self._verdict = asyncio.Event()  # set when verified, or when the fill ended
         self._progress = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
 
@@ -92,7 +100,7 @@ class BlobFill:
             return
         try:
             await self._download(staged)
-            info = await staged.commit(self.digest, self.size)
+            info = await staged.commit(self.digest, self.size, verified=self._verified)
             self.committed = True
             await self._on_commit(self.route, self.digest, info)
             log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.route)
@@ -143,6 +151,7 @@ class BlobFill:
                             f"upstream sent more than the {self.size} bytes announced"
                         )
                     await staged.write(chunk)
+                    self._remember(self.written, chunk)
                     self.written += len(chunk)
                     self._answer()  # clients start once the first bytes are safely staged
                     async with self._progress:
@@ -162,6 +171,30 @@ class BlobFill:
                     f"upstream ended {self.digest} at {self.written} of {self.size} bytes"
                 )
 
+    def _remember(self, offset: int, chunk: bytes) -> None:
+        self._recent.append((offset, chunk))
+        self._recent_bytes += len(chunk)
+        while self._recent_bytes > RECENT_BYTES and len(self._recent) > 1:
+            _, old = self._recent.popleft()
+            self._recent_bytes -= len(old)
+
+    def _from_memory(self, offset: int, size: int) -> bytes | None:
+        """Up to ``size`` bytes at ``offset`` if they are among the latest chunks."""
+        for start, chunk in reversed(self._recent):
+            if start <= offset < start + len(chunk):
+                if offset == start and size >= len(chunk):
+                    return chunk
+                return chunk[offset - start : offset - start + size]
+            if start + len(chunk) <= offset:
+                return None
+        return None
+
+    def _verified(self) -> None:
+        """The verdict on the digest: clients may finish their responses now, while the
+        store makes the blob durable and publishes it."""
+        self.verified = True
+        self._verdict.set()
+
     def _answer(self) -> None:
         if not self._answered:
             self._answered = True
@@ -171,6 +204,7 @@ class BlobFill:
         self.error = error
         self.done = True
         self._ready.set()
+        self._verdict.set()
         async with self._progress:
             self._progress.notify_all()
 
@@ -206,14 +240,14 @@ class BlobFill:
                     size = min(READ_CHUNK, available - sent)
                     if end is not None:
                         size = min(size, end - sent)
-                    chunk = await reader.read(sent, size)
+                    chunk = self._from_memory(sent, size) or await reader.read(sent, size)
                     if not chunk:
                         raise FillFailed("staged file shorter than written")
                     if sent + len(chunk) in (end, self.size):
                         # The last bytes of a response wait for the verdict on the digest:
                         # a client never receives a complete response of unverified data.
-                        await self._wait_done()
-                        if self.error is not None:
+                        await self._verdict.wait()
+                        if not self.verified:
                             break
                     sent += len(chunk)
                     yield chunk
@@ -263,10 +297,3 @@ class BlobFill:
 
         async with self._progress:
             await self._progress.wait_for(moved)
-
-    async def _wait_done(self) -> None:
-        def finished() -> bool:
-            return self.done
-
-        async with self._progress:
-            await self._progress.wait_for(finished)

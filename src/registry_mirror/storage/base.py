@@ -103,9 +103,16 @@ class StagedBlob(Protocol):
         progress; it stays valid after commit or abort until closed."""
         ...
 
-    async def commit(self, expected: Digest, size: int | None = None) -> BlobInfo:
+    async def commit(
+        self,
+        expected: Digest,
+        size: int | None = None,
+        verified: Callable[[], None] | None = None,
+    ) -> BlobInfo:
         """Verify digest (and size when given) and publish atomically, or raise
-        :class:`DigestMismatch` and discard everything."""
+        :class:`DigestMismatch` and discard everything. ``verified`` is called once the
+        content is known to match, before it is made durable and published (a client
+        may be answered then: a crash in between loses a cache entry, never correctness)."""
         ...
 
     async def abort(self) -> None:

@@ -326,13 +326,18 @@ class _FilesystemStagedBlob:
             raise StorageError("staging file already closed")
         return _StagingReader(self._store, os.dup(self._fd))
 
-    async def commit(self, expected: Digest, size: int | None = None) -> BlobInfo:
+    async def commit(
+        self,
+        expected: Digest,
+        size: int | None = None,
+        verified: Callable[[], None] | None = None,
+    ) -> BlobInfo:
         async with self._lock:
             if self._closed:
                 raise StorageError("commit of a closed staging file")
             target = self._store.path_for(expected)
 
-            def finish() -> Digest:
+            def digest() -> Digest:
                 if expected.algorithm not in self._hashers:
                     # Not hashed while streaming (sha512 is rare): hash the file now.
                     hasher = hashlib.new(expected.algorithm)
@@ -342,9 +347,9 @@ class _FilesystemStagedBlob:
                         offset += len(chunk)
                 else:
                     hasher = self._hashers[expected.algorithm]
-                actual = Digest(expected.algorithm, hasher.hexdigest())
-                if actual != expected or (size is not None and size != self._written):
-                    return actual
+                return Digest(expected.algorithm, hasher.hexdigest())
+
+            def publish() -> None:
                 os.fsync(self._fd)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._path, target)
@@ -353,16 +358,18 @@ class _FilesystemStagedBlob:
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
-                return actual
 
             try:
-                actual = await self._store._write_io(finish)
+                actual = await self._store._write_io(digest)
+                if actual != expected or (size is not None and size != self._written):
+                    await self._discard()
+                    raise DigestMismatch(expected, actual, self._written, size)
+                if verified is not None:
+                    verified()  # the verdict, before the (slower) durability
+                await self._store._write_io(publish)
             except OSError as exc:
                 await self._discard()
                 raise StorageError(f"cannot commit {expected}: {exc.strerror}") from exc
-            if actual != expected or (size is not None and size != self._written):
-                await self._discard()
-                raise DigestMismatch(expected, actual, self._written, size)
             self._closed = True
             os.close(self._fd)
             return BlobInfo(expected, self._written, time.time())

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 POOL_PER_HOST: Final = 32
 POOL_TOTAL: Final = 200
 DNS_CACHE_TTL: Final = 300
+METADATA_BUFFER: Final = 64 * 1024  # aiohttp's default
+BLOB_BUFFER: Final = 1024 * 1024  # a blob body buffered up to 2 MiB while a chunk is stored
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -115,7 +117,7 @@ class Sessions:
     def create(cls, user_agent: str, resolver: ResolverFactory = DefaultResolver) -> Sessions:
         """Four sessions on four connectors. Call in a running event loop; :meth:`close`."""
 
-        def session(guarded: bool) -> aiohttp.ClientSession:
+        def session(guarded: bool, read_bufsize: int = METADATA_BUFFER) -> aiohttp.ClientSession:
             inner = resolver()
             connector = aiohttp.TCPConnector(
                 limit=POOL_TOTAL,
@@ -129,12 +131,21 @@ class Sessions:
                 # content coding (tokens and tag lists ask for gzip and are decoded).
                 headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
                 auto_decompress=False,
+                # How much of a body may wait in memory before reading from the socket
+                # pauses (twice this): a blob download keeps flowing while a chunk is
+                # being written and hashed.
+                read_bufsize=read_bufsize,
                 # The environment's proxy variables are read once, in config, and applied
                 # per request by the upstream client (with NO_PROXY).
                 trust_env=False,
             )
 
-        return cls(session(False), session(False), session(True), session(True))
+        return cls(
+            session(False),
+            session(False, BLOB_BUFFER),
+            session(True),
+            session(True, BLOB_BUFFER),
+        )
 
     async def close(self) -> None:
         closed: set[int] = set()

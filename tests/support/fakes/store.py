@@ -120,7 +120,12 @@ class MemoryStagedBlob:
             raise StorageError("staged blob already closed")
         return MemoryStagedReader(self._buffer)
 
-    async def commit(self, expected: Digest, size: int | None = None) -> BlobInfo:
+    async def commit(
+        self,
+        expected: Digest,
+        size: int | None = None,
+        verified: Callable[[], None] | None = None,
+    ) -> BlobInfo:
         await self._store._ready()
         if self._closed:
             raise StorageError("commit of a closed staged blob")
@@ -129,6 +134,9 @@ class MemoryStagedBlob:
         actual = Digest(expected.algorithm, hashlib.new(expected.algorithm, data).hexdigest())
         if actual != expected or (size is not None and size != len(data)):
             raise DigestMismatch(expected, actual, len(data), size)
+        if verified is not None:
+            verified()
+        await self._store._ready()  # publishing takes a moment of its own
         self._store.blobs[expected] = data
         self._store.committed[expected] = now = time.time()
         return BlobInfo(expected, len(data), now)
