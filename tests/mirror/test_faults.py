@@ -26,7 +26,7 @@ from tests.support.mirror import MirrorProcess, assert_log_quiet
 from tests.support.oci import error_code, error_detail
 from tests.support.registry import RegistryProcess
 from tests.support.resources import LAZY_THREADS, assert_returns_to_baseline, resources
-from tests.support.store import blob_file, staged_files, stored_files
+from tests.support.store import blob_file, published, staged_files, stored_files
 from tests.support.waits import wait_until
 
 MiB = 1 << 20
@@ -123,7 +123,7 @@ def test_corrupted_blob_is_aborted_and_never_cached(
     assert got.error is None
     assert got.body == data
     assert proxy.count("GET", BLOB) == 1
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
     assert staged_files(mirror.root) == []
 
     proxy.clear_log()
@@ -145,7 +145,7 @@ def test_truncated_once_is_resumed_with_range(
     assert [g.headers.get("Range") for g in gets] == [None, "bytes=300000-"]
     assert [g.status for g in gets] == [200, 206]
     assert upstream.count("GET", BLOB) == 2
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
     assert staged_files(mirror.root) == []
     assert f"resuming {digest} at 300000" in mirror.log()
 
@@ -174,7 +174,7 @@ def test_truncated_every_time_aborts_and_caches_nothing(
     assert got.error is None
     assert got.body == data
     assert proxy.count("GET", BLOB) == 1
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
     assert staged_files(mirror.root) == []
 
 
@@ -200,7 +200,7 @@ def test_bytes_stream_to_the_client_before_the_download_completes(
         for chunk in chunks:
             received += chunk
     assert bytes(received) == data
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
     assert proxy.count("GET", BLOB) == 1
 
 
@@ -234,7 +234,7 @@ def test_follower_joins_a_fill_in_progress(
     assert bytes(got_b) == data
     assert proxy.count("GET", BLOB) == 1
     assert upstream.count("GET", BLOB) == 1
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
 
 
 def test_fill_survives_its_first_client_leaving(
@@ -254,7 +254,7 @@ def test_fill_survives_its_first_client_leaving(
         interval=0.02,
         message="the fill died with its client",
     )
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
     proxy.clear_log()
     assert client.get(blob_path(digest)).content == data
     assert proxy.requests() == []
@@ -314,7 +314,7 @@ def test_concurrent_cold_gets_share_one_download(
     assert results == [(200, len(data), digest)] * clients
     assert proxy.count("GET", BLOB) == 1
     assert upstream.count("GET", BLOB) == 1
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
 
 
 REFUSALS = {
@@ -344,7 +344,7 @@ def test_blob_get_when_upstream_refuses(
 
     proxy.remove(fault)
     assert client.get(blob_path(digest)).content == data
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
 
 
 def test_resume_survives_a_failed_resume_attempt(
@@ -362,7 +362,7 @@ def test_resume_survives_a_failed_resume_attempt(
         ("bytes=200000-", 503),
         ("bytes=200000-", 206),
     ]
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
 
 
 def test_stalled_upstream_is_resumed_after_the_read_timeout(
@@ -380,7 +380,7 @@ def test_stalled_upstream_is_resumed_after_the_read_timeout(
         None,
         f"bytes={MiB}-",
     ]
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
 
 
 def test_head_of_uncached_blob_asks_upstream_and_downloads_nothing(
@@ -472,7 +472,7 @@ def test_blob_redirect_to_a_cdn_is_followed_without_credentials(
             (blob_path(digest), "X-Amz-Signature=abc", 200)
         ]
         assert "Authorization" not in served[0].headers
-    assert blob_file(mirror.root, digest).read_bytes() == data
+    assert published(mirror.root, digest) == data
 
 
 def test_redirect_to_a_private_address_is_refused_by_default(

@@ -11,8 +11,16 @@ from pathlib import Path
 
 from registry_mirror.reference import Digest, parse_digest
 from registry_mirror.storage.filesystem import FilesystemBlobStore
+from tests.support.waits import wait_until
 
-__all__ = ["blob_file", "blobs_dir", "staged_files", "staging_dir", "stored_files"]
+__all__ = [
+    "blob_file",
+    "blobs_dir",
+    "published",
+    "staged_files",
+    "staging_dir",
+    "stored_files",
+]
 
 
 @functools.lru_cache(maxsize=64)
@@ -25,6 +33,14 @@ def blob_file(root: Path, digest: str | Digest) -> Path:
     """The file holding the blob or manifest ``digest`` in the cache under ``root``."""
     parsed = parse_digest(digest) if isinstance(digest, str) else digest
     return _store(Path(root)).path_for(parsed)
+
+
+def published(root: Path, digest: str | Digest, timeout: float = 10.0) -> bytes:
+    """The content of a cached blob once published: a client is answered on the verdict
+    on the digest, and the file is made durable and renamed into place right after."""
+    path = blob_file(root, digest)
+    wait_until(path.exists, timeout, message=f"{digest} never published")
+    return path.read_bytes()
 
 
 def blobs_dir(root: Path) -> Path:
