@@ -132,7 +132,7 @@ def test_max_idle_evicts_content_not_served(
     image = push_image(upstream.url, "library/idle", "1", layers=[10_000])
     mirror = mirror_factory(upstream.url, args=["--storage-max-idle", "2s"])
     pull(mirror, image)
-    assert hexes(image) <= on_disk(mirror)
+    wait_until(lambda: hexes(image) <= on_disk(mirror), 10)  # published after the answer
     wait_until(lambda: not hexes(image) & on_disk(mirror), 20, interval=0.1)
     with httpx.Client(base_url=mirror.url, trust_env=False) as client:
         assert client.get("/v2/_catalog").json() == {"repositories": []}
@@ -184,7 +184,8 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
         filler.unlink()
         os.sync()
         pull(mirror, large)
-        assert hexes(large) <= on_disk(mirror)  # space returned: cached again
+        # Space returned: cached again (published right after the answer).
+        wait_until(lambda: hexes(large) <= on_disk(mirror), 10)
 
 
 def stream_blob(

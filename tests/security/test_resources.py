@@ -25,6 +25,7 @@ from tests.support.images import push_image
 from tests.support.mirror import MirrorProcess, assert_log_quiet
 from tests.support.registry import RegistryProcess
 from tests.support.resources import assert_returns_to_baseline, resources
+from tests.support.store import blob_file, published
 from tests.support.waits import wait_until
 
 BIG = 24_000_000  # more than the socket buffers on both sides of a loopback connection
@@ -124,7 +125,8 @@ def test_a_cached_file_that_ends_early_cuts_the_response(
     with _client(any_mirror) as client:
         assert client.get(path).content == image.blobs[digest]
     baseline = resources(any_mirror.pid)
-    cached = next((any_mirror.root / "blobs").rglob(digest.removeprefix("sha256:")))
+    published(any_mirror.root, digest)  # made durable and renamed right after the answer
+    cached = blob_file(any_mirror.root, digest)
     with _connect(any_mirror, rcvbuf=16384) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {any_mirror.host}\r\n\r\n".encode())
         received = b""
