@@ -353,3 +353,21 @@ async def test_a_closed_store_says_so(blob_store: StoreHarness) -> None:
     with pytest.raises(StorageError):
         await body(store, DIGEST)
     await store.close()  # twice: harmless
+
+
+async def test_commit_tells_the_verdict_before_it_returns(blob_store: StoreHarness) -> None:
+    """``verified`` is called once the content matches (a client may be answered then),
+    before the blob is published; never for content that does not match."""
+    store = blob_store.store
+    calls: list[bool] = []
+    staged = await store.begin_write()
+    await staged.write(DATA)
+    info = await staged.commit(DIGEST, len(DATA), verified=lambda: calls.append(True))
+    assert calls == [True] and info.size == len(DATA)
+    assert await store.read_all(DIGEST, len(DATA)) == DATA
+
+    other = await store.begin_write()
+    await other.write(DATA[:-1])
+    with pytest.raises(DigestMismatch):
+        await other.commit(DIGEST, len(DATA), verified=lambda: calls.append(False))
+    assert calls == [True]

@@ -3,6 +3,7 @@ whole pull end to end: every cache hit is streamed from the store's ``open``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -58,3 +59,24 @@ async def test_a_pull_end_to_end(mirror: Mirror, upstream: FakeUpstream) -> None
         assert ranged.status == 206
         assert await ranged.read() == data[7:]
         assert m.store.opened[-1] == (layer, 7, len(data))
+
+
+async def test_a_miss_is_answered_on_the_verdict_not_on_durability(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    """The client's last bytes wait for the digest to match, not for the store to make
+    the blob durable and publish it (a slow disk)."""
+    data = bytes(range(256)) * 4096  # 1 MiB
+    digest = upstream.put_blob("library/slow", data)
+    async with mirror() as m:
+        gate = m.store.publish_gate = asyncio.Event()
+        response = await asyncio.wait_for(m.client.get(f"/v2/library/slow/blobs/{digest}"), 10)
+        assert response.status == 200
+        assert await asyncio.wait_for(response.read(), 10) == data  # complete, verified
+        assert digest not in m.store.blobs  # ... while the store is still publishing
+        gate.set()
+        for _ in range(200):
+            if digest in m.store.blobs:
+                break
+            await asyncio.sleep(0.01)
+        assert m.store.blobs[digest] == data

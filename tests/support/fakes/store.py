@@ -22,6 +22,8 @@ class MemoryBlobStore:
     def __init__(self, *, chunk_size: int = CHUNK) -> None:
         self.blobs: dict[Digest, bytes] = {}
         self.committed: dict[Digest, float] = {}  # when (time.time()); tests may age them
+        # When set: commits wait for it between the verdict and publishing (a slow disk).
+        self.publish_gate: asyncio.Event | None = None
         self.chunk_size = chunk_size
         self._closed = False
 
@@ -136,6 +138,8 @@ class MemoryStagedBlob:
             raise DigestMismatch(expected, actual, len(data), size)
         if verified is not None:
             verified()
+        if self._store.publish_gate is not None:
+            await self._store.publish_gate.wait()
         await self._store._ready()  # publishing takes a moment of its own
         self._store.blobs[expected] = data
         self._store.committed[expected] = now = time.time()
