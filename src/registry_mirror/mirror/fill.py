@@ -45,7 +45,7 @@ MAX_ATTEMPTS: Final = 3
 READ_CHUNK: Final = 256 * 1024
 # The latest chunks written stay in memory too: a client at the edge of the download
 # (the first one, usually) takes them from there, without reading the staged file back.
-RECENT_BYTES: Final = 2 * 1024 * 1024
+RECENT_BYTES: Final = 512 * 1024  # two chunks: bounded however many fills run at once
 
 
 class BlobFill:

@@ -45,7 +45,7 @@ POOL_PER_HOST: Final = 32
 POOL_TOTAL: Final = 200
 DNS_CACHE_TTL: Final = 300
 METADATA_BUFFER: Final = 64 * 1024  # aiohttp's default
-BLOB_BUFFER: Final = 1024 * 1024  # a blob body buffered up to 2 MiB while a chunk is stored
+BLOB_BUFFER: Final = 256 * 1024  # a blob body buffered up to 512 KiB while a chunk is stored
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
