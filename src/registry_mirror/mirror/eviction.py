@@ -62,43 +62,29 @@ class EvictionPlan:
         return bool(self.digests)
 
 
-def _order(digest: Digest) -> tuple[str, str]:
-    """A digest's place in a sorted list: the order of its text (``sha256:…`` before
-    ``sha512:…``), without formatting it."""
-    return digest.algorithm, digest.hex
-
-
 def images_of(snapshot: CacheSnapshot) -> list[Image]:
     """Group the cache into images, least recently used first."""
-    # Hashing a Digest is a call of Python code: the sets are combined with set
-    # operations (which reuse the hashes they hold), each digest is looked up as few
-    # times as the walk allows.
-    items, refs = snapshot.items, snapshot.refs
-    referenced: set[Digest] = set()
-    for children in refs.values():
-        referenced.update(children)
+    items = snapshot.items
+    referenced = {child for children in snapshot.refs.values() for child in children}
     images: list[Image] = []
-    for root in set(items).difference(referenced):
-        members = {root}
-        held = [items[root]]
-        stack = [root]
+    for digest in items:
+        if digest in referenced:
+            continue
+        members: set[Digest] = set()
+        stack = [digest]
         while stack:
-            for child in refs.get(stack.pop(), ()):
-                item = items.get(child)
-                if item is None:
-                    continue
-                count = len(members)
-                members.add(child)
-                if len(members) > count:  # not met before
-                    held.append(item)
-                    if item.media_type is not None:  # only manifests reference content
-                        stack.append(child)
+            current = stack.pop()
+            if current in members or current not in items:
+                continue
+            members.add(current)
+            stack.extend(snapshot.refs.get(current, ()))
         # An image is used when its manifests are served (every pull asks for them); a
         # layer it shares with a newer image must not make it look recent.
-        manifests = [item for item in held if item.media_type is not None] or held
-        last_use = max(item.last_access for item in manifests)
-        images.append(Image(root, members, last_use))
-    images.sort(key=lambda image: (image.last_use, _order(image.root)))
+        manifests = [m for m in members if items[m].media_type is not None] or list(members)
+        last_use = max(items[m].last_access for m in manifests)
+        images.append(Image(digest, members, last_use))
+    # A digest orders as its text does (algorithm, then hex).
+    images.sort(key=lambda image: (image.last_use, image.root))
     return images
 
 
@@ -116,18 +102,10 @@ def plan_eviction(
     until ``need`` bytes are freed. Images holding a ``protected`` digest (being served
     or written) stay. ``sizes`` gives bytes on disk (defaults to the indexed sizes)."""
     images = images_of(snapshot)
-    # Content held by several images, and by how many: it goes with the last of them.
-    seen: set[Digest] = set()
-    shared: set[Digest] = set()
-    for image in images:
-        if not seen.isdisjoint(image.members):
-            shared |= seen & image.members
-        seen |= image.members
     holders: dict[Digest, int] = {}
     for image in images:
-        for member in image.members & shared:
+        for member in image.members:
             holders[member] = holders.get(member, 0) + 1
-    in_use = set(protected)
     plan = EvictionPlan()
     for image in images:
         idle = max_idle is not None and now - image.last_use > max_idle
@@ -135,11 +113,11 @@ def plan_eviction(
             continue
         if only is not None and not only(image):
             continue
-        if not in_use.isdisjoint(image.members):
+        if any(member in protected for member in image.members):
             continue
         plan.images.append(image.root)
-        freed_here = list(image.members - shared)
-        for member in image.members & shared:
+        freed_here: list[Digest] = []
+        for member in image.members:
             holders[member] -= 1
             if holders[member] == 0:
                 freed_here.append(member)
@@ -148,7 +126,7 @@ def plan_eviction(
             key=lambda d: (
                 snapshot.items[d].media_type is None,
                 d != image.root,
-                _order(d),
+                d,
             )
         )
         for digest in freed_here:
