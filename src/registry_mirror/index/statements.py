@@ -82,10 +82,16 @@ def stored(text: str) -> Digest:
 def read_snapshot(db: sqlite3.Connection) -> CacheSnapshot:
     """Everything the index holds, in one read transaction."""
     # One Digest per stored digest, however many rows name it: built once (a
-    # snapshot can hold millions of rows), then found by its text; the dicts
-    # and sets below then compare digests by identity.
+    # snapshot can hold millions of rows), then found by its text.
     digests: dict[str, Digest] = {}
     known = digests.get
+
+    def digest_of(text: str) -> Digest:
+        found = known(text)
+        if found is None:
+            found = digests[text] = stored(text)
+        return found
+
     # The manifests' media types by text rather than a join: a lookup in memory
     # per blob row costs far less than one in the manifests table.
     media_types = dict(db.execute("SELECT digest, media_type FROM manifests"))
@@ -108,28 +114,20 @@ def read_snapshot(db: sqlite3.Connection) -> CacheSnapshot:
     last = None
     for manifest, text in db.execute("SELECT manifest, child FROM manifest_refs ORDER BY manifest"):
         if manifest != last:  # a manifest's references come together
-            parent = known(manifest) or digests.setdefault(manifest, stored(manifest))
-            children = refs[parent] = []
+            children = refs[digest_of(manifest)] = []
             last = manifest
-        child = known(text)
-        if child is None:
-            child = digests[text] = stored(text)
-        children.append(child)
+        children.append(digest_of(text))
     tags: list[tuple[str, str, Digest]] = []
     for name, tag, text in db.execute(
         "SELECT r.name, t.tag, t.digest FROM tags t"
         " JOIN repositories r ON r.id = t.repo_id ORDER BY r.name, t.tag"
     ):
-        digest = known(text) or digests.setdefault(text, stored(text))
-        tags.append((str(name), str(tag), digest))
+        tags.append((str(name), str(tag), digest_of(text)))
     content: dict[str, set[Digest]] = {}
     for name, text in db.execute(
         "SELECT r.name, c.digest FROM repo_content c JOIN repositories r ON r.id = c.repo_id"
     ):
-        linked = known(text)
-        if linked is None:
-            linked = digests[text] = stored(text)
-        content.setdefault(str(name), set()).add(linked)
+        content.setdefault(str(name), set()).add(digest_of(text))
     return CacheSnapshot(items, refs, tags, content)
 
 
