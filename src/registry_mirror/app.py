@@ -10,13 +10,16 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api import MIRROR_KEY, SENDFILE_KEY, SendfileReactor
-from registry_mirror.api.registry import (
+from registry_mirror.api import (
     API_PREFIX,
     MAX_REQUEST_BODY,
-    outside_api_middleware,
+    MIRROR_KEY,
+    SENDFILE_KEY,
+    SendfileReactor,
+    no_endpoint,
     registry_api,
 )
+from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, admission_middleware
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
 from registry_mirror.index import Index
@@ -25,14 +28,11 @@ from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, Staging
 from registry_mirror.upstream import RegistryClient, Sessions
 
-__all__ = ["REGISTRY_API_KEY", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL: Final = 5.0
-# The registry API's own application (mounted at /v2), for what acts on it from outside
-# (SIGHUP reloads its htpasswd file).
-REGISTRY_API_KEY: Final = web.AppKey("registry_api", web.Application)
 USER_AGENT: Final = "registry-mirror/0.1"
 
 
@@ -48,9 +48,10 @@ def create_app(
     The HTTP client session, the index connection and the background flusher
     live and die with the app (``cleanup_ctx``).
     """
-    app = web.Application(middlewares=[outside_api_middleware], client_max_size=MAX_REQUEST_BODY)
+    app = web.Application(middlewares=[admission_middleware], client_max_size=MAX_REQUEST_BODY)
+    app[ACCESS_KEY] = policy = AccessPolicy(settings)
+    app.on_cleanup.append(policy.close)
     api = registry_api(settings)
-    app[REGISTRY_API_KEY] = api
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -95,6 +96,7 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.add_subapp(API_PREFIX, api)
+    app.router.add_route("*", "/{path:.*}", no_endpoint)  # after the API: any other path
     return app
 
 

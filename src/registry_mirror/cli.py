@@ -26,7 +26,7 @@ from registry_mirror import __version__
 from registry_mirror.api.access import ACCESS_KEY
 from registry_mirror.api.access_log import AccessLogger
 from registry_mirror.api.server import RegistryRunner
-from registry_mirror.app import REGISTRY_API_KEY, create_app
+from registry_mirror.app import create_app
 from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.index import IndexFailure
@@ -314,7 +314,7 @@ async def _reload(tls: _TLS | None, app: web.Application) -> None:
     if tls is not None:
         await tls.reload()
         done.append("TLS certificate")
-    htpasswd = app[REGISTRY_API_KEY][ACCESS_KEY].htpasswd
+    htpasswd = app[ACCESS_KEY].htpasswd
     if htpasswd is not None:
         await htpasswd.reload()
         done.append(f"htpasswd file ({htpasswd.users} users)")

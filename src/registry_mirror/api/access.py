@@ -17,7 +17,14 @@ from registry_mirror.api.limits import Limiter, too_many
 from registry_mirror.auth import CheckBusy, Htpasswd
 from registry_mirror.config import Settings
 
-__all__ = ["ACCESS_KEY", "CLIENT", "USER", "AccessPolicy", "access_middleware"]
+__all__ = [
+    "ACCESS_KEY",
+    "CLIENT",
+    "USER",
+    "AccessPolicy",
+    "admission_middleware",
+    "login_middleware",
+]
 
 CLIENT: Final = web.RequestKey("client", str)  # the address the policy identified
 USER: Final = web.RequestKey[str | None]("user")  # the authenticated user, None: anonymous
@@ -118,23 +125,27 @@ ACCESS_KEY: Final = web.AppKey("access", AccessPolicy)
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    policy: AccessPolicy = request.app[ACCESS_KEY]
+async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the root application, so for every request whatever its path: who the client
+    is, whether its network may ask at all, and its request rate."""
+    policy = request.config_dict[ACCESS_KEY]
     try:
         client = policy.clients.client(request)
         request[CLIENT] = client
         if policy.allow and not in_networks(client, policy.allow):
             raise RegistryError(403, "DENIED", "access from this address is not allowed")
         policy.limiter.request(client)
-        request[USER] = await policy.user(request)
-        if (
-            policy.htpasswd is not None
-            and request[USER] is None
-            and request.path in ("/v2", "/v2/")
-        ):
-            # The ping tells clients to log in (they send credentials from then on);
-            # clients without credentials go on anonymously.
-            raise policy.challenge()
+    except RegistryError as error:
+        return error_response(error, request.method)
+    return await handler(request)
+
+
+@web.middleware
+async def login_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the registry API: who the client is logged in as (401 for wrong credentials;
+    the ping asks anonymous clients to log in, see ``routes.base``)."""
+    try:
+        request[USER] = await request.config_dict[ACCESS_KEY].user(request)
     except RegistryError as error:
         return error_response(error, request.method)
     return await handler(request)

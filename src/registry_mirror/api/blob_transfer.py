@@ -26,14 +26,13 @@ from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.reference import Digest
 from registry_mirror.storage import LocalFile, Redirect, StorageError
 
-__all__ = ["DEFAULT_WRITE_TIMEOUT", "SENDFILE_KEY", "WRITE_TIMEOUT_KEY", "send_blob"]
+__all__ = ["SENDFILE_KEY", "WRITE_TIMEOUT_KEY", "send_blob"]
 
 log = logging.getLogger(__name__)
 
 SENDFILE_KEY: Final = web.AppKey("sendfile", SendfileReactor)
 # How long one body write may wait for a client that takes nothing (http.write_timeout).
 WRITE_TIMEOUT_KEY: Final = web.AppKey("write_timeout", float)
-DEFAULT_WRITE_TIMEOUT: Final = 300.0
 
 
 async def send_blob(
@@ -64,6 +63,12 @@ async def _serve_source(
 ) -> web.StreamResponse:
     """Nothing is opened before the range is known to be satisfiable."""
     digest = source.digest
+    delivery = source.delivery
+    if isinstance(delivery, Redirect):
+        # The store serves it (object storage): the client follows, with its Range. Not
+        # the blob's year-long Cache-Control: the URL it names may expire.
+        moved = {"Location": delivery.url, "Docker-Content-Digest": str(digest)}
+        return web.Response(status=307, headers=moved)
     span = _span(request, source.size)
     response = web.StreamResponse(status=200 if span is None else 206, headers=headers)
     if span is not None:
@@ -72,11 +77,6 @@ async def _serve_source(
     elif source.size is not None:
         response.content_length = source.size
     start, end = span if span is not None else (0, source.size)
-    delivery = source.delivery
-    if isinstance(delivery, Redirect):
-        # The store serves it (object storage): the client follows, with its Range.
-        moved = {"Location": delivery.url, "Docker-Content-Digest": str(digest)}
-        return web.Response(status=307, headers=moved)
     with mirror.hold(digest):
         if delivery is None:
             return await _send_live(request, response, source, start, end)
@@ -154,10 +154,11 @@ def _close_opened(opening: asyncio.Future[int]) -> None:
         os.close(opening.result())
 
 
-async def _write(request: web.Request, response: web.StreamResponse, chunk: bytes) -> None:
-    """One body write; a client that takes nothing for ``http.write_timeout`` is dropped."""
+async def _write(response: web.StreamResponse, chunk: bytes, stall: float) -> None:
+    """One body write; a client that takes nothing for ``stall`` seconds (the
+    ``http.write_timeout``) is dropped."""
     try:
-        async with asyncio.timeout(request.app.get(WRITE_TIMEOUT_KEY, DEFAULT_WRITE_TIMEOUT)):
+        async with asyncio.timeout(stall):
             await response.write(chunk)
     except TimeoutError:
         raise ConnectionResetError(
@@ -205,9 +206,10 @@ async def _send_stream(
     aborts the connection: a response is never completed with bad or missing bytes."""
     await response.prepare(request)
     request[BODY_BYTES] = 0
+    stall = request.app[WRITE_TIMEOUT_KEY]
     try:
         async for chunk in chunks:
-            await _write(request, response, chunk)
+            await _write(response, chunk, stall)
             request[BODY_BYTES] += len(chunk)
         if count is not None and request[BODY_BYTES] != count:
             raise StorageError(f"cached file ended after {request[BODY_BYTES]} of {count} bytes")

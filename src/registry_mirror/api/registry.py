@@ -10,10 +10,9 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, access_middleware
+from registry_mirror.api.access import login_middleware
 from registry_mirror.api.blob_transfer import WRITE_TIMEOUT_KEY
 from registry_mirror.api.errors import (
-    Handler,
     add_api_version,
     error_middleware,
     error_response,
@@ -22,7 +21,7 @@ from registry_mirror.api.errors import (
 from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
 
-__all__ = ["API_PREFIX", "MAX_REQUEST_BODY", "outside_api_middleware", "registry_api"]
+__all__ = ["API_PREFIX", "MAX_REQUEST_BODY", "no_endpoint", "registry_api"]
 
 API_PREFIX: Final = "/v2"
 MAX_REQUEST_BODY: Final = 1024 * 1024  # the read side takes no bodies worth the name
@@ -30,26 +29,17 @@ MAX_REQUEST_BODY: Final = 1024 * 1024  # the read side takes no bodies worth the
 
 def registry_api(settings: Settings) -> web.Application:
     """The registry API; the mirror itself (``MIRROR_KEY``) and the sendfile workers
-    (``SENDFILE_KEY``) are given to it when the server starts."""
-    api = web.Application(
-        middlewares=[access_middleware, error_middleware], client_max_size=MAX_REQUEST_BODY
-    )
-    policy = AccessPolicy(settings)
-    api[ACCESS_KEY] = policy
+    (``SENDFILE_KEY``) are given to it when the server starts. The access policy
+    (``ACCESS_KEY``) is the root application's: its admission (allow list, request
+    rate) applies to every path, the API adds who the client is logged in as."""
+    api = web.Application(middlewares=[login_middleware, error_middleware])
     api[WRITE_TIMEOUT_KEY] = settings.http.write_timeout
-    api.on_cleanup.append(policy.close)
     api.on_response_prepare.append(add_api_version)
     setup_routes(api)
     return api
 
 
-@web.middleware
-async def outside_api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """On the root application: a path that is no endpoint at all is answered as the
-    registry API answers one (an OCI error body), never with a bare HTML page."""
-    try:
-        return await handler(request)
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        response = error_response(translate(exc, ""), request.method)
-        await add_api_version(request, response)
-        return response
+async def no_endpoint(request: web.Request) -> web.StreamResponse:
+    """On the root application, for any path beside the mounted applications: answered
+    as the registry API answers one (an OCI error body), never with a bare HTML page."""
+    return error_response(translate(web.HTTPNotFound(), ""), request.method)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from registry_mirror.api.access import ACCESS_KEY, CLIENT
+from registry_mirror.api.access import ACCESS_KEY, CLIENT, USER
 from registry_mirror.api.blob_transfer import send_blob
 from registry_mirror.api.errors import KIND, RegistryError
 from registry_mirror.media_types import Accept
@@ -52,6 +52,11 @@ def _read_only(request: web.Request) -> None:
 
 
 async def base(request: web.Request) -> web.StreamResponse:
+    policy = request.config_dict[ACCESS_KEY]
+    if policy.htpasswd is not None and request[USER] is None:
+        # The ping tells clients to log in (they send credentials from then on);
+        # clients without credentials go on anonymously.
+        raise policy.challenge()
     _read_only(request)
     return web.json_response({})
 
@@ -89,7 +94,7 @@ def _repo(request: web.Request, name: str) -> Route:
     """The route for a repository name, if this client may read it."""
     repo_name = parse_repo_name(name)
     route = _mirror(request).route(repo_name, request.query.get("ns"))
-    request.app[ACCESS_KEY].authorize(request, route.key)
+    request.config_dict[ACCESS_KEY].authorize(request, route.key)
     return route
 
 
@@ -164,7 +169,7 @@ async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
         return await _head(request, headers, await mirror.blob_size(route, digest))
     if _etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
-    with request.app[ACCESS_KEY].limiter.download(request[CLIENT]):
+    with request.config_dict[ACCESS_KEY].limiter.download(request[CLIENT]):
         return await send_blob(request, mirror, route, digest, headers)
 
 
@@ -224,7 +229,7 @@ async def tags(request: web.Request, name: str) -> web.StreamResponse:
 async def catalog(request: web.Request) -> web.StreamResponse:
     _read_only(request)
     mirror = _mirror(request)
-    policy = request.app[ACCESS_KEY]
+    policy = request.config_dict[ACCESS_KEY]
     names = [name for name, key in await mirror.catalog_keys() if policy.may_read(request, key)]
     page, link = _paginate(names, request, CATALOG_DEFAULT_PAGE)
     response = web.Response(

@@ -73,7 +73,6 @@ class RegistryClient:
         allow_private_redirects: bool = False,
         proxy: OutboundProxy | None = None,
     ) -> None:
-        self.allow_private_redirects = allow_private_redirects
         self.origin = URL(url.rstrip("/"))
         self.name = name
         if isinstance(sessions, aiohttp.ClientSession):
