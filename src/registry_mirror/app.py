@@ -16,7 +16,7 @@ from registry_mirror.api import (
     MIRROR_KEY,
     SENDFILE_KEY,
     SendfileReactor,
-    no_endpoint,
+    no_endpoint_middleware,
     registry_api,
 )
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, admission_middleware
@@ -48,7 +48,10 @@ def create_app(
     The HTTP client session, the index connection and the background flusher
     live and die with the app (``cleanup_ctx``).
     """
-    app = web.Application(middlewares=[admission_middleware], client_max_size=MAX_REQUEST_BODY)
+    app = web.Application(
+        middlewares=[admission_middleware, no_endpoint_middleware],
+        client_max_size=MAX_REQUEST_BODY,
+    )
     app[ACCESS_KEY] = policy = AccessPolicy(settings)
     app.on_cleanup.append(policy.close)
     api = registry_api(settings)
@@ -96,7 +99,6 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.add_subapp(API_PREFIX, api)
-    app.router.add_route("*", "/{path:.*}", no_endpoint)  # after the API: any other path
     return app
 
 

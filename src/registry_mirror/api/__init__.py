@@ -3,7 +3,12 @@
 
 from registry_mirror.api.blob_transfer import SENDFILE_KEY, WRITE_TIMEOUT_KEY
 from registry_mirror.api.errors import RegistryError, add_api_version, error_middleware
-from registry_mirror.api.registry import API_PREFIX, MAX_REQUEST_BODY, no_endpoint, registry_api
+from registry_mirror.api.registry import (
+    API_PREFIX,
+    MAX_REQUEST_BODY,
+    no_endpoint_middleware,
+    registry_api,
+)
 from registry_mirror.api.routes import MIRROR_KEY, setup_routes
 from registry_mirror.api.sendfile import SendfileReactor
 
@@ -17,7 +22,7 @@ __all__ = [
     "SendfileReactor",
     "add_api_version",
     "error_middleware",
-    "no_endpoint",
+    "no_endpoint_middleware",
     "registry_api",
     "setup_routes",
 ]

@@ -13,6 +13,7 @@ from aiohttp import web
 from registry_mirror.api.access import login_middleware
 from registry_mirror.api.blob_transfer import WRITE_TIMEOUT_KEY
 from registry_mirror.api.errors import (
+    Handler,
     add_api_version,
     error_middleware,
     error_response,
@@ -21,7 +22,7 @@ from registry_mirror.api.errors import (
 from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
 
-__all__ = ["API_PREFIX", "MAX_REQUEST_BODY", "no_endpoint", "registry_api"]
+__all__ = ["API_PREFIX", "MAX_REQUEST_BODY", "no_endpoint_middleware", "registry_api"]
 
 API_PREFIX: Final = "/v2"
 MAX_REQUEST_BODY: Final = 1024 * 1024  # the read side takes no bodies worth the name
@@ -39,7 +40,13 @@ def registry_api(settings: Settings) -> web.Application:
     return api
 
 
-async def no_endpoint(request: web.Request) -> web.StreamResponse:
-    """On the root application, for any path beside the mounted applications: answered
-    as the registry API answers one (an OCI error body), never with a bare HTML page."""
-    return error_response(translate(web.HTTPNotFound(), ""), request.method)
+@web.middleware
+async def no_endpoint_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the root application: a request no route takes (any path beside the mounted
+    applications; a ``CONNECT``, whose target is no path at all) is answered as the
+    registry API answers one (an OCI error body), never with a bare text page. Requests
+    that have a route pass straight on."""
+    failure = request.match_info.http_exception
+    if failure is not None:
+        return error_response(translate(failure, ""), request.method)
+    return await handler(request)
