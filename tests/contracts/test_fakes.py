@@ -85,13 +85,36 @@ def test_memory_index_answers_as_sqlite(sequence: list[tuple[Any, ...]]) -> None
         sqlite, memory = SQLiteIndex(Path(":memory:")), MemoryIndex()
         await sqlite.open()
         await memory.open()
+        start = memory.generation()
         try:
             for call in sequence:
                 assert await apply(memory, call) == await apply(sqlite, call), call
                 assert await contents(memory) == await contents(sqlite), call
             assert await observe(memory) == await observe(sqlite)
+            assert memory.generation() == start  # its own removals: no other process's
         finally:
             await sqlite.close()
             await memory.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_changes_the_generation_when_it_removed_something() -> None:
+    async def scenario() -> None:
+        server = MemoryIndex()
+        await server.open()
+        other = server.replica()
+        await other.open()
+        await server.put_blob("r/a", POOL[0], 1)
+        start = server.generation()
+        await other.remove([POOL[1]])
+        await other.evict([POOL[1]])
+        await other.unlink(["r/b"], [POOL[0]])
+        assert await other.remove_dangling_tags([POOL[0]]) == 0
+        assert server.generation() == start  # nothing was there to remove
+        await other.remove([POOL[0]])
+        assert server.generation() != start
+        await other.close()
+        await server.close()
 
     asyncio.run(scenario())

@@ -356,6 +356,14 @@ async def test_generation_changes_when_content_is_removed_elsewhere(
     await ix.list_tags("r/a")
     await ix.repositories()
     assert ix.generation() == start  # nothing was removed
+    # The server's own removals (eviction, a blob found damaged) are its own: it forgets
+    # what it removed itself, and keeps every other memory.
+    assert await ix.evict([SECOND]) == [SECOND]
+    await ix.remove([OTHER])
+    await ix.evict([LIST])  # not there
+    await ix.remove([LIST])
+    assert (await ix.snapshot()).items.keys() == {MANIFEST, CONFIG, LAYER}
+    assert ix.generation() == start
 
     await index.remove_elsewhere([MANIFEST, LAYER])
     assert ix.generation() != start

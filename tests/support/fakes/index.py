@@ -33,6 +33,13 @@ class _Tables:
     content: dict[str, set[Digest]] = field(default_factory=dict)  # repo → digests linked
     generation: int = 0
 
+    def footprint(self) -> tuple[int, ...]:
+        """How much there is: smaller after anything was removed (what is removed is
+        never added back by the same call)."""
+        linked = sum(len(digests) for digests in self.content.values())
+        tables = len(self.tags), len(self.manifests), len(self.refs), len(self.blobs)
+        return (*tables, len(self.repositories), linked)
+
     def repo(self, name: str) -> None:
         self.repositories.setdefault(name, time.time())
 
@@ -90,14 +97,16 @@ class _Tables:
 
 
 class MemoryIndex:
-    """The ``Index`` in memory. ``generation()`` changes whenever content is removed
-    through any handle on the same tables (remove, evict, and the operator calls), so
-    memories kept by a server on one handle are emptied when another removes."""
+    """The ``Index`` in memory. ``generation()`` changes when content is removed through
+    a :meth:`replica` (another process: an operator command), as the server's
+    ``ROOT/lock`` does for SQLite; the server's own removals (``remove``, ``evict``)
+    leave it, and so does a call that removed nothing."""
 
     def __init__(self) -> None:
         self._tables = _Tables()
         self._open = False
         self._touched: dict[Digest, tuple[float, int]] = {}
+        self._elsewhere = False  # a replica: its removals change the generation
 
     def __repr__(self) -> str:
         return f"<MemoryIndex {len(self._tables.blobs)} items>"
@@ -107,6 +116,7 @@ class MemoryIndex:
         opening the same database would have: its own buffer of last uses."""
         other = MemoryIndex()
         other._tables = self._tables
+        other._elsewhere = True
         return other
 
     async def _ready(self) -> _Tables:
@@ -115,8 +125,9 @@ class MemoryIndex:
             raise IndexFailure("index is not open")
         return self._tables
 
-    def _changed(self, removed: bool) -> None:
-        if removed:
+    def _changed(self, before: tuple[int, ...]) -> None:
+        """After a removal: a new generation when a replica removed something."""
+        if self._elsewhere and self._tables.footprint() != before:
             self._tables.generation += 1
 
     async def open(self) -> None:
@@ -211,17 +222,20 @@ class MemoryIndex:
         if not digests:
             return
         tables = await self._ready()
+        before = tables.footprint()
         tables.delete_rows(digests)
         tables.drop_empty_repositories()
         self._forget(digests)
-        self._changed(True)
+        self._changed(before)
 
     async def evict(self, digests: list[Digest]) -> list[Digest]:
         if not digests:
             return []
-        gone = (await self._ready()).remove_unreferenced(digests, None)
+        tables = await self._ready()
+        before = tables.footprint()
+        gone = tables.remove_unreferenced(digests, None)
         self._forget(gone)
-        self._changed(bool(gone))
+        self._changed(before)
         return gone
 
     # --- the operator commands' calls (as the SQLite index has them) ------------------
@@ -235,13 +249,15 @@ class MemoryIndex:
     ) -> list[Digest]:
         tables = await self._ready()
         inside = None if scope is None else set(scope) & set(tables.repositories)
+        before = tables.footprint()
         removed = tables.remove_unreferenced(digests, inside)
         self._forget(removed)
-        self._changed(bool(removed))
+        self._changed(before)
         return removed
 
     async def unlink(self, repos: list[str], digests: list[Digest]) -> None:
         tables = await self._ready()
+        before = tables.footprint()
         names, gone = set(repos), set(digests)
         tables.tags = {
             (repo, tag): digest
@@ -251,18 +267,17 @@ class MemoryIndex:
         for repo in names:
             tables.content.get(repo, set()).difference_update(gone)
         tables.drop_empty_repositories()
-        self._changed(True)
+        self._changed(before)
 
     async def remove_dangling_tags(self, digests: list[Digest]) -> int:
         tables = await self._ready()
         dangling = {digest for digest in digests if digest not in tables.manifests}
-        before = len(tables.tags)
+        before = tables.footprint()
         tables.tags = {key: d for key, d in tables.tags.items() if d not in dangling}
         tables.drop_empty_repositories()
         self._forget(digests)
-        count = before - len(tables.tags)
-        self._changed(count > 0)
-        return count
+        self._changed(before)
+        return before[0] - len(tables.tags)
 
     def _forget(self, digests: list[Digest]) -> None:
         for digest in digests:
