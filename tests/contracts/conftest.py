@@ -52,12 +52,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 @dataclass
 class StoreHarness:
-    """A blob store under test, and how to damage a committed blob behind its back."""
+    """A blob store under test, how to damage a committed blob behind its back, and
+    whether a blob is published (looked at directly, synchronously: from a callback)."""
 
     name: str
     store: Any  # the BlobStore core, and the capabilities it declares
     corrupt: Callable[[Digest], None]  # same length, other bytes
     capabilities: frozenset[str]
+    visible: Callable[[Digest], bool]
 
 
 def _flip_first_byte(data: bytes) -> bytes:
@@ -72,7 +74,10 @@ def _filesystem_store(tmp_path: Path) -> StoreHarness:
         path = store.path_for(digest)
         path.write_bytes(_flip_first_byte(path.read_bytes()))
 
-    return StoreHarness("filesystem", store, corrupt, STORE_CAPABILITIES["filesystem"])
+    def visible(digest: Digest) -> bool:
+        return store.path_for(digest).exists()
+
+    return StoreHarness("filesystem", store, corrupt, STORE_CAPABILITIES["filesystem"], visible)
 
 
 def _memory_store(tmp_path: Path) -> StoreHarness:
@@ -81,7 +86,10 @@ def _memory_store(tmp_path: Path) -> StoreHarness:
     def corrupt(digest: Digest) -> None:
         store.blobs[digest] = _flip_first_byte(store.blobs[digest])
 
-    return StoreHarness("memory", store, corrupt, STORE_CAPABILITIES["memory"])
+    def visible(digest: Digest) -> bool:
+        return digest in store.blobs
+
+    return StoreHarness("memory", store, corrupt, STORE_CAPABILITIES["memory"], visible)
 
 
 STORES: Final[dict[str, Callable[[Path], StoreHarness]]] = {

@@ -359,15 +359,20 @@ async def test_commit_tells_the_verdict_before_it_returns(blob_store: StoreHarne
     """``verified`` is called once the content matches (a client may be answered then),
     before the blob is published; never for content that does not match."""
     store = blob_store.store
-    calls: list[bool] = []
+    calls: list[str] = []  # each call: whether the blob was published already
     staged = await store.begin_write()
     await staged.write(DATA)
-    info = await staged.commit(DIGEST, len(DATA), verified=lambda: calls.append(True))
-    assert calls == [True] and info.size == len(DATA)
+
+    def verified() -> None:
+        calls.append("published" if blob_store.visible(DIGEST) else "not yet")
+
+    info = await staged.commit(DIGEST, len(DATA), verified=verified)
+    assert calls == ["not yet"] and info.size == len(DATA)
+    assert blob_store.visible(DIGEST)
     assert await store.read_all(DIGEST, len(DATA)) == DATA
 
     other = await store.begin_write()
     await other.write(DATA[:-1])
     with pytest.raises(DigestMismatch):
-        await other.commit(DIGEST, len(DATA), verified=lambda: calls.append(False))
-    assert calls == [True]
+        await other.commit(DIGEST, len(DATA), verified=lambda: calls.append("mismatch"))
+    assert calls == ["not yet"]
