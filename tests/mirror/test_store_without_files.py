@@ -37,7 +37,8 @@ class CountingStore(MemoryBlobStore):
 
 @pytest.fixture
 def served(upstream: RegistryProcess, tmp_path: Path) -> Iterator[tuple[str, CountingStore]]:
-    """The application on a loopback port in a thread of its own."""
+    """The application on a loopback port in a thread of its own, listening when the test
+    starts; a failed start fails the test with its own error."""
     settings, _ = load_settings(
         flags={"storage.filesystem.rootdirectory": str(tmp_path / "root")},
         environ={"REGISTRY_PROXY_REMOTEURL": upstream.url},
@@ -46,23 +47,36 @@ def served(upstream: RegistryProcess, tmp_path: Path) -> Iterator[tuple[str, Cou
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(settings, store=store))
+    started = threading.Event()  # listening, or failed to start (then ``failed`` says why)
+    failed: list[BaseException] = []
     stopped = threading.Event()
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-        stopped.set()
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        except BaseException as error:
+            failed.append(error)
+        started.set()
+        try:
+            if not failed:
+                loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+        finally:
+            loop.close()
+            stopped.set()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
+        assert started.wait(30), "the server neither listened nor failed in 30 s"
+        if failed:
+            raise failed[0]
         yield f"127.0.0.1:{port}", store
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        if not failed:  # else the loop never ran, and is closed
+            loop.call_soon_threadsafe(loop.stop)
         assert stopped.wait(30)
 
 
