@@ -11,6 +11,7 @@ from registry_mirror.media_types import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from registry_mirror.storage import LocalFiles
 from tests.inprocess.harness import InProcessMirror
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import wait_until_async
 
 Mirror = Callable[[], AbstractAsyncContextManager[InProcessMirror]]
 
@@ -75,8 +76,5 @@ async def test_a_miss_is_answered_on_the_verdict_not_on_durability(
         assert await asyncio.wait_for(response.read(), 10) == data  # complete, verified
         assert digest not in m.store.blobs  # ... while the store is still publishing
         gate.set()
-        for _ in range(200):
-            if digest in m.store.blobs:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: digest in m.store.blobs, message="never published")
         assert m.store.blobs[digest] == data
