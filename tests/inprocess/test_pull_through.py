@@ -15,6 +15,7 @@ from registry_mirror.media_types import DOCKER_MANIFEST, OCI_MANIFEST
 from registry_mirror.reference import Digest
 from tests.inprocess.harness import InProcessMirror, error_codes
 from tests.support.fakes import FakeUpstream, make_image
+from tests.support.waits import wait_until_async
 
 Mirror = Callable[[], AbstractAsyncContextManager[InProcessMirror]]
 
@@ -73,7 +74,7 @@ async def test_one_download_for_concurrent_cold_requests(
 ) -> None:
     image = upstream.put_image("library/app", "1", make_image("big", layers=[400_000]))
     digest, data = image.layer_digests[0], image.layers[0]
-    upstream.delay = 0.05  # every client is waiting before upstream answers
+    upstream.hold = asyncio.Event()  # the download stops after its first chunk until set
     upstream.chunk_delay = 0.002
     async with mirror() as m:
 
@@ -82,7 +83,11 @@ async def test_one_download_for_concurrent_cold_requests(
             assert response.status == 200
             return await response.read()
 
-        bodies = await asyncio.gather(*(pull() for _ in range(16)))
+        pulls = asyncio.gather(*(pull() for _ in range(16)))
+        await wait_until_async(lambda: len(m.store.readers) == 16)  # all on the download
+        assert digest not in m.store.blobs  # ... not one of them a cache hit
+        upstream.hold.set()
+        bodies = await pulls
         assert all(body == data for body in bodies)
         assert upstream.count("get_blob") == 1
         assert m.store.blobs[digest] == data
@@ -131,7 +136,7 @@ async def test_a_fill_in_progress_serves_another_repository(
     image = upstream.put_image("library/a", "1", make_image("shared", layers=[300_000]))
     upstream.put_image("library/b", "1", image)
     digest, data = image.layer_digests[0], image.layers[0]
-    upstream.chunk_delay = 0.005  # the download through library/a is still going
+    upstream.hold = asyncio.Event()  # the download through library/a is still going
 
     async def pull(repo: str) -> bytes:
         response = await m.client.get(f"/v2/{repo}/blobs/{digest}")
@@ -144,7 +149,12 @@ async def test_a_fill_in_progress_serves_another_repository(
         elsewhere = await m.client.get(f"/v2/library/c/blobs/{digest}")  # not there
         assert elsewhere.status == 404
         assert await error_codes(elsewhere) == ["BLOB_UNKNOWN"]
-        assert list(await asyncio.gather(first, pull("library/b"))) == [data, data]
+        second = asyncio.ensure_future(pull("library/b"))
+        await wait_until_async(lambda: len(m.store.readers) == 2)  # b follows a's download
+        assert upstream.count("head_blob", "library/b", digest) == 1  # once confirmed there
+        assert digest not in m.store.blobs  # ... while it is still going
+        upstream.hold.set()
+        assert list(await asyncio.gather(first, second)) == [data, data]
         assert upstream.count("get_blob") == 1  # followed, once upstream confirmed it there
         assert upstream.count("head_blob", "library/b", digest) == 1
         assert upstream.count("head_blob", "library/c", digest) == 1
@@ -155,12 +165,17 @@ async def test_a_client_leaving_does_not_stop_the_download(
 ) -> None:
     image = upstream.put_image("library/app", "1", make_image("left", layers=[600_000]))
     digest, data = image.layer_digests[0], image.layers[0]
-    upstream.chunk_delay = 0.002
+    upstream.hold = asyncio.Event()  # the download stops after its first chunk until set
     async with mirror() as m:
         response = await m.client.get(f"/v2/library/app/blobs/{digest}")
         assert len(await response.content.read(1000)) == 1000
         response.close()  # gone after the first bytes
-        await asyncio.sleep(0.05)  # the server sees it go; the download goes on
+        # The server sees it go (its stream of the download closed) while the download is
+        # in progress; the download goes on.
+        await wait_until_async(lambda: m.store.readers and m.store.readers[0].closed)
+        assert digest not in m.store.blobs
+        upstream.hold.set()
+        await wait_until_async(lambda: digest in m.store.blobs)
         again = await m.client.get(f"/v2/library/app/blobs/{digest}")
         assert await again.read() == data
         assert upstream.count("get_blob") == 1
@@ -246,7 +261,7 @@ async def test_a_mismatching_blob_is_never_cached(mirror: Mirror, upstream: Fake
     digest = image.layer_digests[1]
     upstream.mismatch(digest)
     path = f"/v2/library/app/blobs/{digest}"
-    upstream.delay = 0.05  # the clients meet on one download
+    upstream.hold = asyncio.Event()  # the clients meet on one download
 
     async def cut_off() -> None:
         response = await m.client.get(path)
@@ -255,7 +270,10 @@ async def test_a_mismatching_blob_is_never_cached(mirror: Mirror, upstream: Fake
             await response.read()  # ...the last bytes never are
 
     async with mirror() as m:
-        await asyncio.gather(*(cut_off() for _ in range(4)))
+        clients = asyncio.gather(*(cut_off() for _ in range(4)))
+        await wait_until_async(lambda: len(m.store.readers) == 4)
+        upstream.hold.set()
+        await clients
         assert upstream.count("get_blob") == 1
         await cut_off()
         assert upstream.count("get_blob") == 2  # nothing kept: asked again

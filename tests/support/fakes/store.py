@@ -17,13 +17,15 @@ CHUNK: Final = 64 * 1024
 
 
 class MemoryBlobStore:
-    """Committed blobs in :attr:`blobs` (digest → content; tests may look or damage)."""
+    """Committed blobs in :attr:`blobs` (digest → content; tests may look or damage);
+    :attr:`readers`: every reader of a write in progress opened (a client following it)."""
 
     def __init__(self, *, chunk_size: int = CHUNK) -> None:
         self.blobs: dict[Digest, bytes] = {}
         self.committed: dict[Digest, float] = {}  # when (time.time()); tests may age them
         # When set: commits wait for it between the verdict and publishing (a slow disk).
         self.publish_gate: asyncio.Event | None = None
+        self.readers: list[MemoryStagedReader] = []
         self.chunk_size = chunk_size
         self._closed = False
 
@@ -120,7 +122,9 @@ class MemoryStagedBlob:
     def reader(self) -> MemoryStagedReader:
         if self._closed:
             raise StorageError("staged blob already closed")
-        return MemoryStagedReader(self._buffer)
+        reader = MemoryStagedReader(self._buffer)
+        self._store.readers.append(reader)
+        return reader
 
     async def commit(
         self,
@@ -159,6 +163,10 @@ class MemoryStagedReader:
         if self._buffer is None:
             raise StorageError("read of a closed staged reader")
         return bytes(self._buffer[offset : offset + size])
+
+    @property
+    def closed(self) -> bool:
+        return self._buffer is None
 
     def close(self) -> None:
         self._buffer = None

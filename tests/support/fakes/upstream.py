@@ -215,6 +215,9 @@ class FakeBlobStream:
             sent += len(chunk)
             yield chunk
             await asyncio.sleep(0)  # a real body arrives in pieces: other tasks run between
+            hold = self._owner.hold
+            if hold is not None and start == self.offset:
+                await hold.wait()
 
     def close(self) -> None:
         if not self.closed:
@@ -232,6 +235,9 @@ class FakeUpstream:
     - ``rate_limited``: every call raises :class:`UpstreamRateLimited` (``retry_after``);
     - ``delay``: seconds every call waits before it answers, and ``chunk_delay`` before
       each blob chunk, so that concurrent requests really overlap;
+    - ``hold``: an event every blob download waits for after its first chunk (the mirror
+      answers its clients then, and they follow it; nothing more arrives, the download
+      stays in progress, until the test sets it);
     - :meth:`mismatch`: a blob's bytes leave with one byte changed (same length);
     - :meth:`cut`: downloads of a blob break (``UpstreamUnavailable``) part way;
     - ``announce_digests = False``: manifest HEADs and GETs name no digest.
@@ -251,6 +257,7 @@ class FakeUpstream:
         self.retry_after: int | None = 30
         self.delay = 0.0
         self.chunk_delay = 0.0
+        self.hold: asyncio.Event | None = None
         self.announce_digests = True
         self.open_streams = 0
         self._mismatched: set[Digest] = set()
