@@ -81,7 +81,8 @@ async def running_mirror(
 ) -> AsyncIterator[InProcessMirror]:
     """A started mirror of ``upstreams`` (a bare fake is Docker Hub, ``docker.io``; the
     first one is the default), with settings from ``flags``, in a fresh root of its own
-    under ``tmp_path``; stopped (and every resource closed) on exit."""
+    under ``tmp_path``; stopped (and every resource closed) on exit, when no download
+    from a fake upstream may be left open."""
     entries = [
         UpstreamEntry("docker.io", up, dockerhub=True) if isinstance(up, FakeUpstream) else up
         for up in upstreams
@@ -99,6 +100,10 @@ async def running_mirror(
         yield InProcessMirror(client, store, index, router)
     finally:
         await client.close()
+    for entry in entries:
+        if isinstance(entry.upstream, FakeUpstream):
+            left = entry.upstream.open_streams
+            assert left == 0, f"{entry.name}: {left} upstream downloads left open"
 
 
 async def error_codes(response: ClientResponse) -> list[str]:
