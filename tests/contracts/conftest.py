@@ -26,6 +26,7 @@ from registry_mirror.reference import Digest
 from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import Capacity, FilesystemBlobStore, LocalFiles, Staging
 from tests.support.fakes import MemoryBlobStore, MemoryIndex
+from tests.support.store import blobs_dir
 
 LOCAL_FILES: Final = "local files"  # open_local (sendfile)
 CAPACITY: Final = "capacity"  # disk_usage, disk_sizes, free_space, allocated
@@ -143,7 +144,7 @@ class IndexHarness:
 
 def _sqlite_index(tmp_path: Path) -> tuple[IndexHarness, Callable[[], None]]:
     root = tmp_path / "cache"
-    (root / "blobs").mkdir(parents=True)
+    blobs_dir(root).mkdir(parents=True)  # a cache the operator commands open
     lock = RootLock(root)  # the server's, as the app holds it: its generation
     index = SQLiteIndex(root / "index.db", generation=lock.generation)
 

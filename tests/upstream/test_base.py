@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import hashlib
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import aiohttp
 
 import registry_mirror.upstream.base
 import registry_mirror.upstream.errors
-from registry_mirror.reference import parse_digest
+from registry_mirror.reference import Digest
 from registry_mirror.upstream import RegistryClient, Upstream
 from tests.support.fakes import FakeUpstream
 
@@ -33,7 +32,7 @@ def test_registry_client_is_an_upstream() -> None:
 
 def test_a_fake_upstream_is_an_upstream() -> None:
     data = b"layer bytes"
-    digest = parse_digest("sha256:" + hashlib.sha256(data).hexdigest())
+    digest = Digest.of(data)
 
     async def scenario() -> bytes:
         fake = FakeUpstream()
