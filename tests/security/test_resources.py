@@ -261,6 +261,8 @@ def test_out_of_descriptors_answers_503_and_recovers(
         probe = stack.enter_context(socket.create_connection(("127.0.0.1", limited.port)))
         status, _, body = _request(probe, limited.host, path)
         assert (status, body) == (200, image.blobs[digest])
+        published(limited.root, digest)  # its staging file closed
+        baseline = resources(limited.pid)  # serving, before the flood
         # Idle connections until the mirror has no descriptor left.
         idle: list[socket.socket] = []
 
@@ -302,6 +304,7 @@ def test_out_of_descriptors_answers_503_and_recovers(
 
     response = wait_until(served, 20, interval=0.2, message="the mirror did not recover")
     assert response.content == image.blobs[digest]
+    assert_returns_to_baseline(limited.pid, baseline)  # every idle connection let go
     log = limited.log()
     assert_log_quiet(log)
 
