@@ -48,7 +48,7 @@ async def test_delivery_says_how_a_committed_blob_leaves(blob_store: StoreHarnes
     delivery = await store.delivery(DIGEST)
     assert isinstance(delivery, LocalFile | Stream | Redirect)
     if isinstance(delivery, LocalFile):  # only a store with local files says so
-        assert isinstance(store, LocalFiles)
+        assert isinstance(blob_store.store, LocalFiles)
         fd = await delivery.open()
         try:
             assert os.pread(fd, len(DATA) + 1, 0) == DATA

@@ -4,6 +4,8 @@ store that redirects (object storage) sends clients to its URL."""
 
 from __future__ import annotations
 
+import pytest
+
 from registry_mirror.reference import Digest
 from registry_mirror.storage import Delivery, Redirect
 from tests.inprocess.harness import StartMirror, error_codes
@@ -40,7 +42,7 @@ async def test_the_request_rate_holds_beside_the_api(
 
 
 async def test_a_redirecting_store_sends_the_client_to_its_url(
-    start_mirror: StartMirror, upstream: FakeUpstream
+    start_mirror: StartMirror, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = b"layer bytes" * 1000
     digest = upstream.put_blob("library/app", data)
@@ -51,7 +53,7 @@ async def test_a_redirecting_store_sends_the_client_to_its_url(
         async def redirect(wanted: Digest) -> Delivery:
             return Redirect(f"https://objects.example/{wanted.hex}?signature=x")
 
-        m.store.delivery = redirect  # type: ignore[method-assign]
+        monkeypatch.setattr(m.store, "delivery", redirect)
         moved = await m.client.get(path, allow_redirects=False, headers={"Range": "bytes=0-9"})
         assert moved.status == 307
         assert moved.headers["Location"] == f"https://objects.example/{digest.hex}?signature=x"
