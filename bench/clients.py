@@ -8,6 +8,9 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from bench.procs import Runner
 
 __all__ = [
     "CurlResult",
+    "StreamResult",
     "WrkResult",
     "curl_get",
     "ensure_wrk",
@@ -29,6 +33,7 @@ __all__ = [
     "sha256_bytes",
     "sha256_file",
     "skopeo_pull",
+    "stream_sha256",
     "wrk",
 ]
 
@@ -66,32 +71,74 @@ def sha256_bytes(data: bytes) -> str:
 class CurlResult:
     code: int
     size: int
-    seconds: float
+    seconds: float  # until the last byte
+    first_byte: float = 0.0  # seconds until the first byte of the answer
 
 
 def curl_get(
-    runner: Runner, url: str, out: str | Path = "/dev/null", *, timeout: float = 300.0
+    runner: Runner,
+    url: str,
+    out: str | Path = "/dev/null",
+    *,
+    timeout: float = 300.0,
+    headers: Sequence[str] = (),
+    dump_headers: Path | None = None,
 ) -> CurlResult:
-    proc = runner.run(
-        [
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            str(int(timeout)),
-            "-o",
-            str(out),
-            "-w",
-            "%{http_code} %{size_download} %{time_total}",
-            url,
-        ],
-        timeout=timeout + 10,
-    )
+    """GET ``url`` with curl into ``out``; ``headers`` ("Name: value") are sent, the
+    answer's headers written to ``dump_headers`` if given."""
+    args = ["curl", "-sS", "--noproxy", "*", "--max-time", str(int(timeout)), "-o", str(out)]
+    for header in headers:
+        args += ["-H", header]
+    if dump_headers is not None:
+        args += ["-D", str(dump_headers)]
+    args += ["-w", "%{http_code} %{size_download} %{time_total} %{time_starttransfer}", url]
+    proc = runner.run(args, timeout=timeout + 10)
     if proc.returncode != 0:
         raise BenchError(f"curl {url} exited {proc.returncode}: {proc.stderr.strip()}")
-    code, size, seconds = proc.stdout.split()
-    return CurlResult(int(code), int(size), float(seconds))
+    code, size, seconds, first_byte = proc.stdout.split()
+    return CurlResult(int(code), int(size), float(seconds), float(first_byte))
+
+
+@dataclass
+class StreamResult:
+    status: int
+    size: int
+    digest: str  # sha256 of the body
+    seconds: float
+
+
+def stream_sha256(
+    host: str,
+    target: str,
+    *,
+    stop: threading.Event,
+    timeout: float = 300.0,
+    chunk: int = 256 * 1024,
+) -> StreamResult:
+    """GET ``target`` from ``host``, hashing the body as it arrives (nothing is stored).
+
+    Gives up with :class:`BenchError` once ``stop`` is set or after ``timeout`` seconds.
+    """
+    hostname, _, port = host.partition(":")
+    start = time.monotonic()
+    deadline = start + timeout
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=min(timeout, 60.0))
+    try:
+        conn.request("GET", target)
+        resp = conn.getresponse()
+        h = hashlib.sha256()
+        size = 0
+        buf = memoryview(bytearray(chunk))
+        while n := resp.readinto(buf):
+            h.update(buf[:n])
+            size += n
+            if stop.is_set():
+                raise BenchError("stopped")
+            if time.monotonic() > deadline:
+                raise BenchError(f"GET {target}: not done after {timeout:.0f}s ({size} bytes)")
+        return StreamResult(resp.status, size, "sha256:" + h.hexdigest(), time.monotonic() - start)
+    finally:
+        conn.close()
 
 
 # ----------------------------------------------------------------------------- wrk

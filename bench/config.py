@@ -9,9 +9,12 @@ from typing import Literal
 __all__ = [
     "DEFAULT_MIRROR_BIN",
     "DEFAULT_OUTPUT",
+    "DIRECT_NAME",
     "MB",
     "MIB",
     "MIRROR_NAME",
+    "NGINX_NAME",
+    "REFERENCE_NAMES",
     "REGISTRY_NAME",
     "ROOT",
     "Config",
@@ -22,6 +25,9 @@ MIB = 1024 * 1024
 MB = 1_000_000
 MIRROR_NAME = "registry-mirror"
 REGISTRY_NAME = "registry:2"
+DIRECT_NAME = "direct"  # a client of the upstream itself, without a proxy
+NGINX_NAME = "nginx"  # nginx's sendfile of the file the mirror cached
+REFERENCE_NAMES = (DIRECT_NAME, NGINX_NAME)  # what the mirror is held against besides registry:2
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_MIRROR_BIN = ROOT / ".venv" / "bin" / "registry-mirror"
 
@@ -42,4 +48,9 @@ class Config:
     herd_clients: int
     herd_layers: int
     herd_layer_mib: int
+    cold_mib: int
+    cold_samples: int
+    join_clients: int
+    crowd_clients: int
+    crowd_mib: int
     media: Literal["oci", "docker"]

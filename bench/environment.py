@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from bench.clients import ensure_wrk
 from bench.errors import BenchError
 from bench.procs import tool_version
 
-__all__ = ["describe", "preflight"]
+__all__ = ["describe", "make_scratch", "preflight"]
+
+SHM = Path("/dev/shm")
 
 
 def preflight(mirror_bin: Path, console: Console) -> str | None:
@@ -47,3 +50,16 @@ def describe(wrk: str | None, console: Console) -> dict[str, Any]:
         "curl": tool_version(["curl", "--version"]),
         "wrk": tool_version(["wrk", "-v"]) if wrk else None,
     }
+
+
+def make_scratch(tmp: Path, need: int) -> Path:
+    """A directory for the clients' downloads: on tmpfs if it has ``need`` bytes free (no
+    disk write-back competing with the servers), else in ``tmp``. The caller removes it."""
+    try:
+        if SHM.is_dir() and os.access(SHM, os.W_OK) and shutil.disk_usage(SHM).free > need:
+            return Path(tempfile.mkdtemp(prefix="registry-mirror-bench-", dir=SHM))
+    except OSError:
+        pass
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    return scratch

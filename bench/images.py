@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from bench.config import MIB, MIRROR_NAME, REGISTRY_NAME, Config
+from bench.config import DIRECT_NAME, MIB, MIRROR_NAME, REGISTRY_NAME, Config
 from tests.support.images import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -63,7 +63,7 @@ class Image:
 class Images:
     big: Image  # one big layer (blob throughput)
     small: Image  # two small layers (manifest rows)
-    pulls: dict[str, Image]  # per proxy (cold/warm pull)
+    pulls: dict[str, Image]  # per proxy (cold/warm pull), and one pulled from the upstream
     herds: dict[str, Image]  # per proxy (concurrent cold clients)
 
 
@@ -150,7 +150,11 @@ def push_images(cfg: Config, upstream_url: str, console: Console) -> Images:
                 seed=seed,
             )
         )
-        for name, slug, seed in ((MIRROR_NAME, "mirror", 201), (REGISTRY_NAME, "registry2", 202))
+        for name, slug, seed in (
+            (MIRROR_NAME, "mirror", 201),
+            (REGISTRY_NAME, "registry2", 202),
+            (DIRECT_NAME, "direct", 203),
+        )
     }
     herds = {
         name: Image.of(

@@ -15,7 +15,7 @@ from bench.config import MIRROR_NAME
 from bench.errors import BenchError
 from bench.report import Row
 from tests.support.mirror import MirrorError
-from tests.support.registry import RegistryError
+from tests.support.registry import RegistryError, RegistryProcess
 
 __all__ = [
     "MEASURE_ERRORS",
@@ -25,6 +25,7 @@ __all__ = [
     "measure",
     "measure_rounds",
     "upstream_client",
+    "upstream_downloads",
 ]
 
 
@@ -51,6 +52,18 @@ def check_alive(target: Target) -> None:
 def upstream_client(target: Target, user_agent: str) -> bool:
     """Whether an upstream access-log line with this User-Agent came from ``target``."""
     return user_agent.startswith("registry-mirror") == (target.name == MIRROR_NAME)
+
+
+def upstream_downloads(upstream: RegistryProcess, digest: str) -> tuple[int, int]:
+    """GETs of the blob ``digest`` (any repository) that the upstream answered with content
+    (200/206) since its log was last cleared, and the bytes it sent for them."""
+    suffix = f"/blobs/{digest}"
+    hits = [
+        r
+        for r in upstream.requests()
+        if r.method == "GET" and r.status in (200, 206) and r.path.endswith(suffix)
+    ]
+    return len(hits), sum(r.size for r in hits)
 
 
 MEASURE_ERRORS = (

@@ -15,13 +15,17 @@ from typing import TypeVar
 
 __all__ = [
     "PROXY_VARS",
+    "CpuSnapshot",
     "Proc",
     "Runner",
     "child_pids",
     "clean_env",
+    "cpu_between",
     "cpu_seconds",
+    "cpu_snapshot",
     "kib_field",
     "proc_status",
+    "quiesce",
     "tool_version",
 ]
 
@@ -121,6 +125,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    ticks_s: float  # user + system time of the process, in clock ticks (exited threads too)
+    threads_ns: dict[int, int]  # time on a CPU of each live thread, in ns (schedstat)
+
+
+def cpu_snapshot(pid: int) -> CpuSnapshot:
+    threads: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                threads[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+    return CpuSnapshot(cpu_seconds(pid), threads)
+
+
+def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """CPU seconds used between two snapshots: to the nanosecond from the threads' schedstat
+    when no thread ended in between, else in clock ticks."""
+    if before.threads_ns and before.threads_ns.keys() <= after.threads_ns.keys():
+        used = sum(ns - before.threads_ns.get(tid, 0) for tid, ns in after.threads_ns.items())
+        return used / 1e9
+    return after.ticks_s - before.ticks_s
+
+
 def kib_field(status: dict[str, str], key: str) -> float | None:
     value = status.get(key)
     if value is None:
@@ -142,3 +170,45 @@ def tool_version(args: Sequence[str]) -> str:
         proc = subprocess.run(list(args), capture_output=True, text=True, timeout=10, check=False)
         return (proc.stdout or proc.stderr).strip().splitlines()[0]
     return "?"
+
+
+def quiesce(
+    pids: Sequence[int],
+    files: Sequence[Path] = (),
+    *,
+    window: float = 0.3,
+    busy: float = 0.02,
+    timeout: float = 120.0,
+) -> bool:
+    """Wait until none of ``pids`` used more than ``busy`` s of CPU over ``window`` s and
+    none of ``files`` (logs) grew meanwhile.
+
+    False if that did not happen within ``timeout`` s (a process that is gone is idle).
+    """
+    deadline = time.monotonic() + timeout
+
+    def sample() -> tuple[list[float], list[int]]:
+        cpu: list[float] = []
+        for pid in pids:
+            try:
+                cpu.append(cpu_seconds(pid))
+            except (OSError, IndexError, ValueError):
+                cpu.append(0.0)
+        sizes: list[int] = []
+        for path in files:
+            try:
+                sizes.append(path.stat().st_size)
+            except OSError:
+                sizes.append(0)
+        return cpu, sizes
+
+    before = sample()
+    while True:
+        time.sleep(window)
+        after = sample()
+        idle = all(b - a <= busy for a, b in zip(before[0], after[0], strict=True))
+        if idle and before[1] == after[1]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        before = after

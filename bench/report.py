@@ -14,12 +14,16 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import MIRROR_NAME, REGISTRY_NAME, Config
+from bench.config import MIRROR_NAME, REFERENCE_NAMES, REGISTRY_NAME, Config
 
 __all__ = [
     "Row",
+    "copy_errors",
+    "copy_figures",
     "make_console",
+    "mirror_at_most",
     "ratio_at_least",
+    "ratio_at_most",
     "ratio_target",
     "render",
     "write_results",
@@ -40,16 +44,20 @@ class Row:
     decimals: int = 0
     skipped: bool = False
     flags: set[str] = field(default_factory=set)  # names whose figure is suspect (no error)
+    baseline: str | None = REGISTRY_NAME  # the ratio is mirror / this one (None: no ratio)
 
     def value(self, name: str) -> float | None:
         return self.values.get(name)
 
+    def ratio_to(self, name: str) -> float | None:
+        mirror, other = self.value(MIRROR_NAME), self.value(name)
+        if mirror is None or other is None or other == 0:
+            return None
+        return mirror / other
+
     @property
     def ratio(self) -> float | None:
-        mirror, reg = self.value(MIRROR_NAME), self.value(REGISTRY_NAME)
-        if mirror is None or reg is None or reg == 0:
-            return None
-        return mirror / reg
+        return None if self.baseline is None else self.ratio_to(self.baseline)
 
     def failed_for(self, name: str) -> bool:
         """Whether an error of the proxy ``name`` was recorded in this row."""
@@ -63,7 +71,10 @@ class Row:
             "better": self.better,
             "mirror": self.value(MIRROR_NAME),
             "registry2": self.value(REGISTRY_NAME),
-            "ratio_mirror_over_registry2": self.ratio,
+            **{name: self.value(name) for name in REFERENCE_NAMES if name in self.values},
+            "ratio_mirror_over_registry2": self.ratio_to(REGISTRY_NAME),
+            "baseline": self.baseline,
+            "ratio": self.ratio,
             "target": self.target,
             "passed": self.passed,
             "skipped": self.skipped,
@@ -72,19 +83,58 @@ class Row:
         }
 
 
-def ratio_target(limit: float) -> str:
-    """The target text of a row that must reach ``limit`` as ratio mirror / registry:2."""
-    return f"ratio ≥ {limit:g}x"
+def ratio_target(limit: float, op: Literal["≥", "≤"] = "≥", baseline: str = REGISTRY_NAME) -> str:
+    """The target text of a row whose ratio mirror / ``baseline`` must be ``op`` ``limit``."""
+    if baseline == REGISTRY_NAME:
+        return f"ratio {op} {limit:g}x"
+    return f"mirror {op} {limit:g}x {baseline}"
+
+
+def _judge(row: Row, ok: bool | None) -> None:
+    """PASS/FAIL from ``ok``; FAIL whenever the mirror or the baseline had an error."""
+    names = [MIRROR_NAME] if row.baseline is None else [MIRROR_NAME, row.baseline]
+    if any(row.failed_for(name) for name in names) or (row.errors and ok is None):
+        row.passed = False
+    else:
+        row.passed = ok
 
 
 def ratio_at_least(row: Row, limit: float) -> None:
-    row.passed = None if row.errors or row.ratio is None else row.ratio >= limit
-    if row.errors:
-        row.passed = False
+    ratio = row.ratio
+    _judge(row, None if ratio is None else ratio >= limit)
+
+
+def ratio_at_most(row: Row, limit: float) -> None:
+    ratio = row.ratio
+    _judge(row, None if ratio is None else ratio <= limit)
+
+
+def mirror_at_most(row: Row, limit: float) -> None:
+    """PASS if the mirror's own figure is at most ``limit``."""
+    value = row.value(MIRROR_NAME)
+    _judge(row, None if value is None else value <= limit)
+
+
+def copy_errors(source: Row, dest: Row, names: Sequence[str]) -> None:
+    """Give ``dest`` the errors and flags of ``names`` in ``source`` (a row derived from it)."""
+    for name in names:
+        dest.errors += [
+            e for e in source.errors if e.startswith(f"{name}:") and e not in dest.errors
+        ]
+        if name in source.flags:
+            dest.flags.add(name)
+
+
+def copy_figures(source: Row, dest: Row, names: Sequence[str]) -> None:
+    """Give ``dest`` the figures, errors and flags of ``names`` in ``source``."""
+    for name in names:
+        if name in source.values:
+            dest.values[name] = source.values[name]
+    copy_errors(source, dest, names)
 
 
 def make_console() -> Console:
-    return Console(highlight=False, width=max(130, shutil.get_terminal_size((130, 40)).columns))
+    return Console(highlight=False, width=max(180, shutil.get_terminal_size((180, 40)).columns))
 
 
 def render(rows: Sequence[Row], title: str) -> Table:
@@ -92,21 +142,31 @@ def render(rows: Sequence[Row], title: str) -> Table:
     table.add_column("metric")
     table.add_column(MIRROR_NAME, justify="right")
     table.add_column(REGISTRY_NAME, justify="right")
-    table.add_column("ratio\n(mirror/r2)", justify="right")
+    table.add_column(" / ".join(REFERENCE_NAMES), justify="right")
+    table.add_column("ratio\n(mirror/r2\nor as noted)", justify="right")
     table.add_column("better", justify="center")
     table.add_column("target")
     table.add_column("result")
 
+    def cell(row: Row, name: str) -> str | None:
+        value = row.value(name)
+        failed = name in row.flags or row.failed_for(name)
+        if value is None:
+            return "[red]error[/]" if failed else None
+        return f"{value:,.{row.decimals}f}" + (" [red](!)[/]" if failed else "")
+
     for row in rows:
-        cells: list[str] = []
-        for name in (MIRROR_NAME, REGISTRY_NAME):
-            value = row.value(name)
-            failed = name in row.flags or row.failed_for(name)
-            if value is None:
-                cells.append("[red]error[/]" if failed else "-")
-            else:
-                cells.append(f"{value:,.{row.decimals}f}" + (" [red](!)[/]" if failed else ""))
+        cells = [cell(row, name) or "-" for name in (MIRROR_NAME, REGISTRY_NAME)]
+        references = [
+            f"{text} [dim]{name}[/]"
+            for name in REFERENCE_NAMES
+            if (text := cell(row, name)) is not None
+        ]
+        cells.append(", ".join(references) or "-")
         ratio = row.ratio
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        if ratio is not None and row.baseline != REGISTRY_NAME:
+            ratio_text += f" [dim]vs {row.baseline}[/]"
         if row.skipped:
             result = "[dim]skipped[/]"
         elif row.passed is None:
@@ -116,7 +176,7 @@ def render(rows: Sequence[Row], title: str) -> Table:
         table.add_row(
             f"{row.label} [dim]({row.unit})[/]",
             *cells,
-            "-" if ratio is None else f"{ratio:.2f}x",
+            ratio_text,
             "↑" if row.better == "higher" else "↓",
             row.target or "",
             result,

@@ -21,9 +21,9 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.config import DEFAULT_MIRROR_BIN, DEFAULT_OUTPUT, MIRROR_NAME, Config
+from bench.config import DEFAULT_MIRROR_BIN, DEFAULT_OUTPUT, MIB, MIRROR_NAME, Config
 from bench.context import open_context
-from bench.environment import describe, preflight
+from bench.environment import describe, make_scratch, preflight
 from bench.procs import Runner, clean_env
 from bench.report import Row, make_console, render, write_results
 from bench.scenarios import GROUPS, SCENARIOS, Scenario
@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
         prog="python -m bench",
         description="Benchmark registry-mirror against registry:2 (proxy mode) on loopback.",
     )
-    p.add_argument("--quick", action="store_true", help="small sizes: a ~1 minute smoke run")
+    p.add_argument("--quick", action="store_true", help="small sizes: a ~1.5 minute smoke run")
     p.add_argument("--blob-mib", type=int, help="size of the big layer (default 256; quick 32)")
     p.add_argument("--blob-gets", type=int, default=8, help="cache-hit GETs of the big layer")
     p.add_argument("--blob-concurrency", type=int, default=4, help="concurrent cache-hit GETs")
@@ -52,6 +52,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--herd-clients", type=int, default=16, help="concurrent cold clients")
     p.add_argument("--herd-layers", type=int, default=3)
     p.add_argument("--herd-layer-mib", type=int, help="layer size (default 20; quick 4)")
+    p.add_argument(
+        "--cold-mib",
+        type=int,
+        help="size of the fresh blobs of the cold GET, join and range rows (default 200; quick 32)",
+    )
+    p.add_argument("--cold-samples", type=int, default=3, help="cold GETs per proxy, median taken")
+    p.add_argument("--join-clients", type=int, default=16, help="clients joining one cold fill")
+    p.add_argument(
+        "--crowd-clients", type=int, default=100, help="concurrent cold followers (peak RSS)"
+    )
+    p.add_argument("--crowd-mib", type=int, help="their blob's size (default 64; quick 16)")
     p.add_argument("--media", choices=("oci", "docker"), default="oci")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     p.add_argument("--mirror-bin", type=Path, default=DEFAULT_MIRROR_BIN)
@@ -85,9 +96,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
         herd_clients=args.herd_clients,
         herd_layers=args.herd_layers,
         herd_layer_mib=pick(args.herd_layer_mib, 20, 4),
+        cold_mib=pick(args.cold_mib, 200, 32),
+        cold_samples=args.cold_samples,
+        join_clients=args.join_clients,
+        crowd_clients=args.crowd_clients,
+        crowd_mib=pick(args.crowd_mib, 64, 16),
         media=args.media,
     )
-    for name in ("blob_mib", "blob_gets", "blob_rounds", "duration", "pull_mib", "herd_clients"):
+    for name in (
+        "blob_mib",
+        "blob_gets",
+        "blob_rounds",
+        "duration",
+        "pull_mib",
+        "herd_clients",
+        "cold_mib",
+        "cold_samples",
+        "join_clients",
+        "crowd_clients",
+        "crowd_mib",
+    ):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args, cfg
@@ -99,7 +127,13 @@ def selected(scenario: Scenario, only: set[str]) -> bool:
 
 
 def bench(
-    args: argparse.Namespace, cfg: Config, tmp: Path, runner: Runner, console: Console
+    args: argparse.Namespace,
+    cfg: Config,
+    tmp: Path,
+    runner: Runner,
+    console: Console,
+    *,
+    scratch: Path,
 ) -> tuple[list[Row], dict[str, Any], list[str]]:
     """Run the scenarios selected by ``--only`` (and the ones always run).
 
@@ -108,6 +142,7 @@ def bench(
     """
     wrk = preflight(args.mirror_bin, console)
     env_info = describe(wrk, console)
+    env_info["scratch"] = str(scratch)
 
     with contextlib.ExitStack() as stack:
         ctx = open_context(
@@ -118,10 +153,13 @@ def bench(
             runner=runner,
             wrk=wrk,
             mirror_bin=args.mirror_bin,
+            scratch=scratch,
         )
         plan = [
             (s, {row.key: row for row in s.rows(cfg)}, selected(s, args.only)) for s in SCENARIOS
         ]
+        seconds: dict[str, float] = {}  # each scenario's run time
+        env_info["scenario_seconds"] = seconds
         for number, (scenario, rows, chosen) in enumerate(plan, 1):
             for row in rows.values():
                 row.skipped = not chosen
@@ -132,11 +170,14 @@ def bench(
                 for row in rows.values():
                     row.errors.append("wrk is not installed")
                 continue
+            started = time.monotonic()
             scenario.run(ctx, rows)
             if scenario.phase is not None:
                 ctx.checkpoint(scenario.phase)
+            seconds[scenario.title(cfg)] = round(time.monotonic() - started, 1)
 
         env_info["loadavg_after"] = os.getloadavg()
+        env_info["settle_timeouts"] = ctx.unsettled
         for scenario, rows, chosen in plan:
             if chosen:
                 scenario.evaluate(rows)
@@ -161,13 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignored
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="registry-mirror-bench-"))
+    # The most that clients hold downloaded at once: the joining clients' files.
+    scratch = make_scratch(tmp, (cfg.join_clients + 2) * cfg.cold_mib * MIB)
     runner = Runner(clean_env(tmp))  # clients write their temp files into our temp dir
     rows: list[Row] = []
     env_info: dict[str, Any] = {}
     notes: list[str] = []
     try:
-        console.print(f"temp dir {tmp}; config {cfg}")
-        rows, env_info, notes = bench(args, cfg, tmp, runner, console)
+        console.print(f"temp dir {tmp}, client downloads in {scratch}; config {cfg}")
+        rows, env_info, notes = bench(args, cfg, tmp, runner, console, scratch=scratch)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
         return 130
@@ -178,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         runner.kill_all()
         if args.keep_tmp:
-            console.print(f"kept {tmp}")
+            console.print(f"kept {tmp} and {scratch}")
         else:
+            shutil.rmtree(scratch, ignore_errors=True)
             shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - started
 

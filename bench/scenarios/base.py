@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from bench.config import Config
+import httpx
+
+from bench.blobs import FreshBlob
+from bench.config import DIRECT_NAME, MIRROR_NAME, NGINX_NAME, REGISTRY_NAME, Config
 from bench.context import Context
 from bench.report import Row
 
-__all__ = ["Rows", "Scenario"]
+__all__ = ["Rows", "Scenario", "push_fresh", "slug"]
 
 Rows = dict[str, Row]  # a scenario's own rows by key
 
@@ -45,3 +48,35 @@ class Scenario(ABC):
         """Lines printed below the table."""
         del rows
         return []
+
+
+def slug(name: str) -> str:
+    """A short form of a server's name, for repository and file names."""
+    return {
+        MIRROR_NAME: "mirror",
+        REGISTRY_NAME: "registry2",
+        DIRECT_NAME: "direct",
+        NGINX_NAME: "nginx",
+    }[name]
+
+
+def push_fresh(
+    ctx: Context, rows: Rows, wanted: dict[str, tuple[str, int, int]]
+) -> dict[str, list[FreshBlob]] | None:
+    """Push the fresh blobs a scenario needs, before it measures anything.
+
+    ``wanted``: for each server's name, (repository, size, how many). If the upstream
+    refuses them, every row gets the error and None is returned.
+    """
+    try:
+        blobs = {
+            name: ctx.fresh.push_many(repo, size, count)
+            for name, (repo, size, count) in wanted.items()
+        }
+    except (RuntimeError, httpx.HTTPError, OSError) as exc:
+        for row in rows.values():
+            row.errors.append(f"pushing fresh blobs to the upstream failed: {exc}")
+        ctx.console.print(f"[red]  pushing fresh blobs to the upstream failed: {exc}[/]")
+        return None
+    ctx.upstream.clear_log()
+    return blobs

@@ -80,7 +80,7 @@ def herd(ctx: Context, wall_times: dict[str, float]) -> Measurement:
     def fn(target: Target) -> tuple[float, dict[str, Any]]:
         image = images[target.name]
         clients = cfg.herd_clients
-        upstream.wait_idle(quiet=0.5, timeout=120)
+        ctx.settle()
         upstream.clear_log()
         work = ctx.tmp / "herd"
         shutil.rmtree(work, ignore_errors=True)
@@ -139,7 +139,7 @@ def herd(ctx: Context, wall_times: dict[str, float]) -> Measurement:
                     path.unlink(missing_ok=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        upstream.wait_idle(quiet=1.5, timeout=180)  # registry:2's background cache fills
+        ctx.settle()  # registry:2's background cache fills
         downloads: Counter[str] = Counter()
         heads = 0
         manifest_reqs = 0

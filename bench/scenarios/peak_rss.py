@@ -15,7 +15,8 @@ LIMIT_MIB = 100
 
 
 class PeakRss(Scenario):
-    """Always run, last: the memory of everything measured before."""
+    """Always run, last: the memory of everything measured before (``VmHWM`` is the most the
+    process ever held, the crowd of cold followers included when it ran)."""
 
     group = None
     phase = None
@@ -27,7 +28,7 @@ class PeakRss(Scenario):
         return [
             Row(
                 PEAK_RSS,
-                "Peak RSS of the server process",
+                "Peak RSS of the server process over the whole run",
                 "MiB",
                 "lower",
                 decimals=1,

@@ -1,4 +1,5 @@
-"""Cold and warm pull time with skopeo (a different image per proxy for the cold pull)."""
+"""Cold and warm pull time with skopeo (a different image per proxy for the cold pull, and
+one more pulled from the upstream itself)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ import re
 from typing import Any
 
 from bench.clients import skopeo_pull
-from bench.config import Config
+from bench.config import DIRECT_NAME, MIRROR_NAME, Config
 from bench.context import Context
 from bench.measure import Target, measure, measure_rounds
-from bench.report import Row
+from bench.report import Row, copy_figures, ratio_at_most, ratio_target
 from bench.scenarios.base import Rows, Scenario
 
-__all__ = ["COLD_PULL", "WARM_PULL", "Pulls"]
+__all__ = ["COLD_PULL", "COLD_VS_DIRECT", "WARM_PULL", "Pulls"]
 
-COLD_PULL, WARM_PULL = "cold_pull", "warm_pull"
+COLD_PULL, COLD_VS_DIRECT, WARM_PULL = "cold_pull", "cold_pull_vs_direct", "warm_pull"
+MAX_VS_DIRECT = 1.1
 
 
 class Pulls(Scenario):
-    """One cold pull per proxy, then warm pulls of the same image, alternating (median)."""
+    """One cold pull per proxy and one from the upstream (a third image of the same shape),
+    then warm pulls through the proxies, alternating (median)."""
 
     group = "pull"
     phase = "pull"
@@ -34,6 +37,15 @@ class Pulls(Scenario):
                 "s",
                 "lower",
                 decimals=2,
+            ),
+            Row(
+                COLD_VS_DIRECT,
+                "  … against a direct pull from the upstream",
+                "s",
+                "lower",
+                decimals=2,
+                baseline=DIRECT_NAME,
+                target=ratio_target(MAX_VS_DIRECT, "≤", DIRECT_NAME),
             ),
             Row(
                 WARM_PULL,
@@ -52,10 +64,10 @@ class Pulls(Scenario):
 
         def cold(target: Target) -> tuple[float, dict[str, Any]]:
             image = images[target.name]
-            upstream.wait_idle(quiet=0.5, timeout=120)
+            ctx.settle()
             upstream.clear_log()
             seconds = pull(target)
-            upstream.wait_idle(quiet=1.0, timeout=120)  # registry:2 fills its cache afterwards
+            ctx.settle()  # registry:2 fills its cache afterwards
             blob_gets = upstream.count("GET", "^" + re.escape(f"/v2/{image.repo}/blobs/"))
             return seconds, {
                 "repo": image.ref,
@@ -77,7 +89,8 @@ class Pulls(Scenario):
             repo = images[target.name].repo
             return {"upstream_blob_gets": upstream.count("GET", f"^/v2/{re.escape(repo)}/blobs/")}
 
-        measure(ctx.console, rows[COLD_PULL], ctx.targets, cold)
+        measure(ctx.console, rows[COLD_PULL], [*ctx.targets, ctx.direct], cold)
+        copy_figures(rows[COLD_PULL], rows[COLD_VS_DIRECT], [MIRROR_NAME, DIRECT_NAME])
         measure_rounds(
             ctx.console,
             rows[WARM_PULL],
@@ -87,3 +100,6 @@ class Pulls(Scenario):
             rounds=ctx.cfg.warm_pulls,
             finish=warm_finish,
         )
+
+    def evaluate(self, rows: Rows) -> None:
+        ratio_at_most(rows[COLD_VS_DIRECT], MAX_VS_DIRECT)
