@@ -376,3 +376,37 @@ async def test_commit_tells_the_verdict_before_it_returns(blob_store: StoreHarne
     with pytest.raises(DigestMismatch):
         await other.commit(DIGEST, len(DATA), verified=lambda: calls.append("mismatch"))
     assert calls == ["not yet"]
+
+
+async def test_overlapping_writes_land_in_call_order(blob_store: StoreHarness) -> None:
+    """A fill queues its batches without waiting for each: they are applied (and
+    hashed) in the order of the calls, several pieces per call, whichever finishes first."""
+    store = blob_store.store
+    staged = await store.begin_write()
+    batches = [
+        [DATA[start : start + 3_000], DATA[start + 3_000 : start + 10_000]]
+        for start in range(0, len(DATA), 10_000)
+    ]
+    writes = [asyncio.ensure_future(staged.write(*pieces)) for pieces in batches]
+    await asyncio.gather(*writes)
+    assert staged.written == len(DATA)
+    reader = staged.reader()
+    try:
+        assert await reader.read(0, len(DATA) + 1) == DATA
+    finally:
+        reader.close()
+    assert (await staged.commit(DIGEST, len(DATA))).size == len(DATA)
+    assert await body(store, DIGEST) == DATA
+
+
+async def test_a_write_whose_caller_is_cancelled_still_lands(blob_store: StoreHarness) -> None:
+    """A caller cancelled mid-write (a fill being stopped) does not tear the batch: it
+    is written whole or the staged blob fails; an abort then leaves nothing behind."""
+    store = blob_store.store
+    staged = await store.begin_write()
+    write = asyncio.ensure_future(staged.write(DATA[:20_000], DATA[20_000:]))
+    await asyncio.sleep(0)
+    write.cancel()
+    await asyncio.gather(write, return_exceptions=True)
+    assert (await staged.commit(DIGEST, len(DATA))).size == len(DATA)
+    assert await body(store, DIGEST) == DATA

@@ -359,3 +359,30 @@ async def test_stale_when_only_the_download_fails(mirror: Mirror, upstream: Fake
         fresh = await m.client.get(TAG, headers=ACCEPT)
         assert fresh.headers["Docker-Content-Digest"] == str(new.digest)
         assert "Warning" not in fresh.headers
+
+
+async def test_a_range_of_a_blob_being_filled_is_answered_before_the_fill_ends(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    """A lazy-pulling client reads a few bytes of a cold blob: its range is answered as
+    soon as those bytes are here, while the download goes on; a whole-blob response
+    still waits for the digest."""
+    image = upstream.put_image("library/app", "1", make_image("lazy", layers=[600_000]))
+    digest, data = image.layer_digests[0], image.layers[0]
+    upstream.hold = asyncio.Event()  # the download stops after its first chunk until set
+    path = f"/v2/library/app/blobs/{digest}"
+    async with mirror() as m:
+        ranged = await asyncio.wait_for(m.client.get(path, headers={"Range": "bytes=0-999"}), 10)
+        assert ranged.status == 206
+        assert ranged.headers["Content-Range"] == f"bytes 0-999/{len(data)}"
+        assert await asyncio.wait_for(ranged.read(), 10) == data[:1000]
+        whole = await m.client.get(path)
+        assert whole.status == 200
+        early = asyncio.ensure_future(whole.read())
+        await asyncio.sleep(0.2)
+        assert not early.done()  # the whole blob is not complete before its verdict
+        assert digest not in m.store.blobs  # ... and the download is still held
+        upstream.hold.set()
+        assert await asyncio.wait_for(early, 10) == data
+        assert upstream.count("get_blob") == 1
+        assert upstream.open_streams == 0

@@ -13,7 +13,7 @@ from typing import Final
 from registry_mirror.index import Index
 from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.errors import TooManyFetches, Uncacheable
-from registry_mirror.mirror.fill import BlobFill
+from registry_mirror.mirror.fill import BlobFill, WriteBudget
 from registry_mirror.mirror.guard import StorageGuard
 from registry_mirror.mirror.presence import Presence
 from registry_mirror.mirror.routing import Route
@@ -89,6 +89,7 @@ class Blobs:
         self._pins = pins
         self._on_stored = on_stored
         self._fills: dict[tuple[str, Digest], BlobFill] = {}
+        self._budget = WriteBudget()  # bytes received by the fills, not yet written
         self._fetch_freed = asyncio.Event()  # set (and replaced) when a download ends
 
     def __repr__(self) -> str:
@@ -171,7 +172,7 @@ class Blobs:
         if self.max_fetches and len(self._fills) >= self.max_fetches:
             raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
         key = (route.key, digest)
-        fill = BlobFill(digest, route, self.store, self._blob_committed)
+        fill = BlobFill(digest, route, self.store, self._blob_committed, self._budget)
         self._fills[key] = fill
         self._pins.add(digest)
 

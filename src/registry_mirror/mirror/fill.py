@@ -1,12 +1,14 @@
 """A blob fill: one upstream download per digest, streamed to every waiting client.
 
-The fill runs as its own task, independent of the clients: it writes into a
-staged blob (hashing as it goes) and commits only when digest and size match.
-Clients — the first one included — read the staged bytes as they land, so time
-to first byte does not depend on the blob size, and a client that arrives late
-starts from the beginning of the file without a second download. If the fill
-fails, every follower's stream raises :class:`FillFailed` and their responses
-are aborted, never completed with bad data.
+The fill runs as its own task, independent of the clients. What it receives is
+kept in memory until written: clients at the edge of the download (the first one,
+usually) take it from there at once, while the staged blob is written and hashed
+behind them in batches, one batch at a time on the store's thread, and committed
+only when digest and size match. A client that arrives late starts from the
+beginning of the staged file without a second download. The bytes not yet written
+are bounded per fill and for all fills together: past that, the download waits for
+the disk. If the fill fails, every follower's stream raises :class:`FillFailed` and
+their responses are aborted, never completed with bad data.
 """
 
 from __future__ import annotations
@@ -42,10 +44,25 @@ __all__ = ["BlobFill", "FillFailed", "Uncacheable"]
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
-READ_CHUNK: Final = 256 * 1024
-# The latest chunks written stay in memory too: a client at the edge of the download
-# (the first one, usually) takes them from there, without reading the staged file back.
-RECENT_BYTES: Final = 512 * 1024  # two chunks: bounded however many fills run at once
+READ_CHUNK: Final = 256 * 1024  # a follower's read of the staged file
+WRITE_BATCH: Final = 1024 * 1024  # a write starts once this much is received and unwritten
+MAX_BATCH: Final = 4 * 1024 * 1024  # what one write takes at most
+MAX_UNWRITTEN: Final = 8 * 1024 * 1024  # per fill: the download waits for the disk beyond
+# The latest chunks written stay in memory too, for clients just behind the edge.
+RECENT_BYTES: Final = 512 * 1024
+
+
+class WriteBudget:
+    """Received bytes not yet written, all fills together: past ``limit``, a fill's
+    download waits for its own write in flight (so it never waits on another fill)."""
+
+    def __init__(self, limit: int = 32 * 1024 * 1024) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used > self.limit
 
 
 class BlobFill:
@@ -55,6 +72,7 @@ class BlobFill:
         route: Route,
         store: BlobStore,
         on_commit: Callable[[Route, Digest, BlobInfo], Awaitable[None]],
+        budget: WriteBudget | None = None,
     ) -> None:
         self.digest = digest
         self.route = route
@@ -63,10 +81,15 @@ class BlobFill:
         self._store = store
         self._on_commit = on_commit
         self._staged: StagedBlob | None = None
+        self._budget = budget or WriteBudget()
         self.size: int | None = None
-        self.written = 0
-        self._recent: deque[tuple[int, bytes]] = deque()  # (offset, chunk), oldest first
-        self._recent_bytes = 0
+        self.received = 0  # bytes from upstream, readable by clients (memory or staged file)
+        self.written = 0  # of which in the staged file (hashed)
+        # Chunks in memory: every one not yet written, then RECENT_BYTES written ones.
+        self._chunks: deque[tuple[int, bytes]] = deque()  # (offset, chunk), oldest first
+        # Writes in flight, oldest first, with their sizes; queued up to ``_queued``.
+        self._writes: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._queued = 0
         self.done = False
         self.error: BaseException | None = None
         self.verified = False  # the content matches its digest (published or not yet)
@@ -74,12 +97,12 @@ class BlobFill:
         self._answered = False  # upstream accepted the download: errors now abort streams
         self._ready = asyncio.Event()
         self._verdict = asyncio.Event()  # set when verified, or when the fill ended
-        self._progress = asyncio.Condition()
+        self._moved = asyncio.Event()  # set (and replaced) when bytes arrive or the fill ends
         self.task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = "failed" if self.error else "done" if self.done else "filling"
-        return f"<BlobFill {self.digest} via {self.repo}: {state} {self.written}/{self.size}>"
+        return f"<BlobFill {self.digest} via {self.repo}: {state} {self.received}/{self.size}>"
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.ensure_future(self._run())
@@ -100,6 +123,7 @@ class BlobFill:
             return
         try:
             await self._download(staged)
+            await self._write_received(staged, final=True)
             info = await staged.commit(self.digest, self.size, verified=self._verified)
             self.committed = True
             await self._on_commit(self.route, self.digest, info)
@@ -109,27 +133,34 @@ class BlobFill:
             log.error("discarded %s from upstream: %s", self.digest, exc)
             await self._finish(UpstreamDigestMismatch(str(exc)))
         except StorageError as exc:
+            await self._stop_writing()
             await staged.abort()
-            # Nothing sent yet: the clients can still be served straight from upstream.
-            await self._finish(Uncacheable(str(exc)) if self.written == 0 else exc)
+            # Nothing received yet: the clients can still be served straight from upstream.
+            # Later, each goes on from upstream where it stands (``stream``).
+            await self._finish(exc if self._answered else Uncacheable(str(exc)))
         except UpstreamError as exc:
             level = logging.INFO if isinstance(exc, UpstreamNotFound) else logging.WARNING
             log.log(level, "fill of %s failed: %s", self.digest, exc)
+            await self._stop_writing()
             await staged.abort()
             await self._finish(exc)
         except BaseException as exc:
+            await self._stop_writing()
             await staged.abort()
             await self._finish(exc)
             raise
+        finally:
+            self._budget.used -= self.received - self.written
 
     async def _download(self, staged: StagedBlob) -> None:
         attempt = 0
         while True:
             attempt += 1
             try:
-                stream = await self._upstream.get_blob(self.repo, self.digest, self.written)
+                stream = await self._upstream.get_blob(self.repo, self.digest, self.received)
             except UpstreamError as exc:
-                if self.written and isinstance(exc, UpstreamUnavailable) and attempt < MAX_ATTEMPTS:
+                resumable = self.received and isinstance(exc, UpstreamUnavailable)
+                if resumable and attempt < MAX_ATTEMPTS:
                     continue
                 raise
             try:
@@ -137,7 +168,7 @@ class BlobFill:
                     self.size = stream.size
                 elif stream.size is not None and stream.size != self.size:
                     raise UpstreamProtocolError("blob size changed between attempts")
-                skip = self.written - stream.offset  # >0 when a resume was answered with 200
+                skip = self.received - stream.offset  # >0 when a resume was answered with 200
                 async for received in stream.chunks():
                     chunk = received
                     if skip > 0:
@@ -146,44 +177,111 @@ class BlobFill:
                             continue
                         chunk = chunk[skip:]
                         skip = 0
-                    if self.size is not None and self.written + len(chunk) > self.size:
+                    if self.size is not None and self.received + len(chunk) > self.size:
                         raise UpstreamDigestMismatch(
                             f"upstream sent more than the {self.size} bytes announced"
                         )
-                    await staged.write(chunk)
-                    self._remember(self.written, chunk)
-                    self.written += len(chunk)
-                    self._answer()  # clients start once the first bytes are safely staged
-                    async with self._progress:
-                        self._progress.notify_all()
+                    first = not self._answered
+                    if first:
+                        # The store takes the first bytes before any client is answered:
+                        # one that cannot (a full disk) leaves the clients to upstream.
+                        await staged.write(chunk)
+                    self._receive(chunk, written=first)
+                    await self._write_received(staged)
             except UpstreamUnavailable as exc:
                 if attempt >= MAX_ATTEMPTS:
                     raise
-                log.info("resuming %s at %d after: %s", self.digest, self.written, exc)
+                log.info("resuming %s at %d after: %s", self.digest, self.received, exc)
                 continue
             finally:
                 stream.close()
-            if self.size is None or self.written >= self.size:
+            if self.size is None or self.received >= self.size:
                 self._answer()
                 return
             if attempt >= MAX_ATTEMPTS:
                 raise UpstreamDigestMismatch(
-                    f"upstream ended {self.digest} at {self.written} of {self.size} bytes"
+                    f"upstream ended {self.digest} at {self.received} of {self.size} bytes"
                 )
 
-    def _remember(self, offset: int, chunk: bytes) -> None:
-        self._recent.append((offset, chunk))
-        self._recent_bytes += len(chunk)
-        while self._recent_bytes > RECENT_BYTES and len(self._recent) > 1:
-            _, old = self._recent.popleft()
-            self._recent_bytes -= len(old)
+    def _receive(self, chunk: bytes, *, written: bool = False) -> None:
+        """A chunk from upstream: in memory for the clients at once, written later
+        (unless ``written`` already)."""
+        self._chunks.append((self.received, chunk))
+        self.received += len(chunk)
+        if written:
+            self.written = self._queued = self.received
+        else:
+            self._budget.used += len(chunk)
+        self._answer()
+        self._wake()
+
+    def _wake(self) -> None:
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def _write_received(self, staged: StagedBlob, *, final: bool = False) -> None:
+        """Queue the received bytes to the store in batches, behind the download (the
+        store applies them in order); wait for the oldest once too much is unwritten (for
+        this fill or all fills), or, ``final``, for all. A failed write raises here."""
+        self._collect()
+        while True:
+            unqueued = self.received - self._queued
+            if unqueued == 0 or (unqueued < WRITE_BATCH and not final):
+                break
+            pieces, size = self._batch_at(self._queued)
+            self._queued += size
+            self._writes.append((asyncio.ensure_future(staged.write(*pieces)), size))
+        while self._writes and (
+            final or self.received - self.written > MAX_UNWRITTEN or self._budget.exhausted
+        ):
+            await asyncio.wait([self._writes[0][0]])
+            self._collect()
+
+    def _batch_at(self, offset: int) -> tuple[list[bytes], int]:
+        """The received chunks from ``offset`` on, up to MAX_BATCH bytes."""
+        pieces: list[bytes] = []
+        size = 0
+        for start, chunk in self._chunks:
+            if start < offset:
+                continue
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= MAX_BATCH:
+                break
+        return pieces, size
+
+    def _collect(self) -> None:
+        """Account for the writes done, in order; raise the first failure."""
+        while self._writes and self._writes[0][0].done():
+            write, size = self._writes.popleft()
+            write.result()
+            self.written += size
+            self._budget.used -= size
+        # The written chunks beyond the latest RECENT_BYTES leave memory.
+        retained = sum(len(c) for o, c in self._chunks if o + len(c) <= self.written)
+        while self._chunks and retained > RECENT_BYTES:
+            offset, chunk = self._chunks[0]
+            if offset + len(chunk) > self.written:
+                break
+            self._chunks.popleft()
+            retained -= len(chunk)
+
+    async def _stop_writing(self) -> None:
+        """Let the writes in flight end (a failure among them is the fill's already)."""
+        writes = [write for write, _ in self._writes]
+        self._writes.clear()
+        if writes:
+            await asyncio.wait(writes)
+            for write in writes:
+                if not write.cancelled():
+                    write.exception()  # retrieved
 
     def _from_memory(self, offset: int, size: int) -> bytes | None:
-        """Up to ``size`` bytes at ``offset`` if they are among the latest chunks."""
-        for start, chunk in reversed(self._recent):
+        """Up to ``size`` bytes at ``offset`` if they are still in memory."""
+        for start, chunk in reversed(self._chunks):
             if start <= offset < start + len(chunk):
                 if offset == start and size >= len(chunk):
-                    return chunk
+                    return chunk  # the usual case: whole chunks, no copy
                 return chunk[offset - start : offset - start + size]
             if start + len(chunk) <= offset:
                 return None
@@ -205,8 +303,7 @@ class BlobFill:
         self.done = True
         self._ready.set()
         self._verdict.set()
-        async with self._progress:
-            self._progress.notify_all()
+        self._wake()
 
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``[start, end)`` as they arrive; raises FillFailed if the fill fails.
@@ -231,21 +328,23 @@ class BlobFill:
                 return
             raise FillFailed(str(self.error or exc)) from exc
         sent = start  # everything before this offset has been yielded
+        whole = start == 0 and end in (None, self.size)
         try:
             while end is None or sent < end:
                 if self.error is not None:
                     break
-                available = self.written
+                available = self.received
                 if sent < available:
-                    size = min(READ_CHUNK, available - sent)
-                    if end is not None:
-                        size = min(size, end - sent)
-                    chunk = self._from_memory(sent, size) or await reader.read(sent, size)
+                    size = available - sent if end is None else min(available, end) - sent
+                    chunk = self._from_memory(sent, size) or await reader.read(
+                        sent, min(READ_CHUNK, size)
+                    )
                     if not chunk:
                         raise FillFailed("staged file shorter than written")
-                    if sent + len(chunk) in (end, self.size):
-                        # The last bytes of a response wait for the verdict on the digest:
-                        # a client never receives a complete response of unverified data.
+                    if whole and sent + len(chunk) == self.size:
+                        # The last bytes of the whole blob wait for the verdict on the
+                        # digest: a client never completes a response of unverified data.
+                        # (A range is answered as soon as its bytes are here.)
                         await self._verdict.wait()
                         if not self.verified:
                             break
@@ -273,12 +372,16 @@ class BlobFill:
         whole = start == 0 and end in (None, self.size)
         hasher = None
         if whole:
+            # The bytes sent are in the staged file up to ``written``, in memory after.
             hasher = self.digest.hasher()
             offset = 0
             while offset < sent:
-                chunk = await reader.read(offset, min(READ_CHUNK, sent - offset))
+                size = min(READ_CHUNK, sent - offset)
+                chunk = self._from_memory(offset, size)
+                if chunk is None and offset < self.written:
+                    chunk = await reader.read(offset, min(size, self.written - offset))
                 if not chunk:
-                    raise FillFailed("staged file shorter than sent")
+                    raise FillFailed("the bytes sent are neither staged nor in memory")
                 hasher.update(chunk)
                 offset += len(chunk)
         try:
@@ -292,8 +395,5 @@ class BlobFill:
             yield chunk
 
     async def _wait_progress(self, offset: int) -> None:
-        def moved() -> bool:
-            return self.written > offset or self.done
-
-        async with self._progress:
-            await self._progress.wait_for(moved)
+        while self.received <= offset and not self.done:
+            await self._moved.wait()

@@ -96,7 +96,9 @@ class StagedBlob(Protocol):
         """Bytes written so far (readable through ``read``)."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, *pieces: bytes) -> None:
+        """Append ``pieces`` in order (one write of them all, where the store can)."""
+        ...
 
     def reader(self) -> StagedReader:
         """A reader of the bytes written so far, for clients that follow a fill in

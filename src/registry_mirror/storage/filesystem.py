@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,7 @@ READ_CHUNK: Final = 1024 * 1024
 WRITE_THREADS: Final = 4  # writes, fsyncs, commits, deletes
 READ_THREADS: Final = 8  # stat, open, reads of cache hits and of fills in progress
 BLOCK: Final = 4096  # allocation unit, until the filesystem says
+IOV_MAX: Final = 1024  # buffers per writev
 
 T = TypeVar("T")
 
@@ -283,8 +285,23 @@ class FilesystemBlobStore:
         return await self._scan_io(clean)
 
 
+class _Batch:
+    """Pieces to write and hash; settled on the loop once both are done."""
+
+    __slots__ = ("finished", "future", "parts_left", "pieces", "size")
+
+    def __init__(self, pieces: tuple[bytes, ...], loop: asyncio.AbstractEventLoop) -> None:
+        self.pieces = pieces
+        self.size = sum(len(piece) for piece in pieces)
+        self.future: asyncio.Future[None] = loop.create_future()  # the caller's answer
+        self.finished: asyncio.Future[None] = loop.create_future()  # no worker holds it
+        self.parts_left = 2  # the write and the hashing
+
+
 class _FilesystemStagedBlob:
-    """A staging file: written and hashed in a worker thread, renamed on commit."""
+    """A staging file, renamed on commit. Writes are appended in call order and may
+    overlap: a worker writes the queued batches back to back while another hashes them,
+    so neither waits for the event loop between batches."""
 
     def __init__(self, store: FilesystemBlobStore, path: Path, fd: int) -> None:
         self._store = store
@@ -293,7 +310,13 @@ class _FilesystemStagedBlob:
         self._hashers: dict[str, hashlib._Hash] = {"sha256": hashlib.sha256()}
         self._written = 0
         self._closed = False
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # commit and abort
+        self._mutex = threading.Lock()  # the queues, between the loop and the workers
+        self._to_write: deque[_Batch] = deque()
+        self._to_hash: deque[_Batch] = deque()
+        self._draining = {"write": False, "hash": False}
+        self._failed: OSError | None = None  # a write failed: the file has a hole
+        self._pending: set[asyncio.Future[None]] = set()
 
     @property
     def written(self) -> int:
@@ -302,24 +325,90 @@ class _FilesystemStagedBlob:
     def __repr__(self) -> str:
         return f"<staged {self._path.name} {self._written} bytes>"
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, *pieces: bytes) -> None:
         if self._closed:
             raise StorageError("write to a closed staging file")
-
-        def write() -> None:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            for hasher in self._hashers.values():
-                hasher.update(data)
-
-        async with self._lock:
+        if self._failed is not None:
+            raise StorageError(f"cannot write staging file: {self._failed.strerror}")
+        loop = asyncio.get_running_loop()
+        batch = _Batch(pieces, loop)
+        self._pending.add(batch.finished)
+        batch.finished.add_done_callback(self._pending.discard)
+        with self._mutex:
+            self._to_write.append(batch)
+            self._to_hash.append(batch)
+            start = [kind for kind, running in self._draining.items() if not running]
+            for kind in start:
+                self._draining[kind] = True
+        for kind in start:
+            drain = self._drain_writes if kind == "write" else self._drain_hashes
             try:
-                await self._store._write_io(write)
-            except OSError as exc:
-                raise StorageError(f"cannot write staging file: {exc.strerror}") from exc
-            self._written += len(data)
+                self._store._writer.submit(drain, loop)
+            except RuntimeError as exc:  # shut down
+                raise StorageError("the blob store is closed") from exc
+        # A cancelled caller does not stop the batch: it is written (or fails) anyway.
+        await asyncio.shield(batch.future)
+
+    def _next(self, queue: deque[_Batch], kind: str) -> _Batch | None:
+        with self._mutex:
+            if queue:
+                return queue.popleft()
+            self._draining[kind] = False
+            return None
+
+    def _drain_writes(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (batch := self._next(self._to_write, "write")) is not None:
+            error = None
+            if self._failed is None:
+                try:
+                    self._write_all(batch.pieces)
+                except OSError as exc:
+                    self._failed = exc
+            if self._failed is not None:
+                error = StorageError(f"cannot write staging file: {self._failed.strerror}")
+            self._part_done(loop, batch, error)
+
+    def _drain_hashes(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (batch := self._next(self._to_hash, "hash")) is not None:
+            for hasher in self._hashers.values():
+                for piece in batch.pieces:
+                    hasher.update(piece)
+            self._part_done(loop, batch, None)
+
+    def _write_all(self, pieces: tuple[bytes, ...]) -> None:
+        views = [memoryview(piece) for piece in pieces if piece]
+        while views:
+            n = os.writev(self._fd, views[:IOV_MAX])
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+
+    def _part_done(
+        self, loop: asyncio.AbstractEventLoop, batch: _Batch, error: StorageError | None
+    ) -> None:
+        with self._mutex:
+            batch.parts_left -= 1
+            last = batch.parts_left == 0
+        if error is not None or last:
+            loop.call_soon_threadsafe(self._settle, batch, error, last)
+
+    def _settle(self, batch: _Batch, error: StorageError | None, last: bool) -> None:
+        if not batch.future.done():
+            if error is not None:
+                batch.future.set_exception(error)
+                batch.future.exception()  # retrieved: the caller may be gone
+            else:
+                self._written += batch.size
+                batch.future.set_result(None)
+        if last:
+            batch.finished.set_result(None)
+
+    async def _quiet(self) -> None:
+        """Until no worker holds a batch (the descriptor is never closed under one)."""
+        while self._pending:
+            await asyncio.wait(list(self._pending))
 
     def reader(self) -> _StagingReader:
         if self._closed:
@@ -335,6 +424,10 @@ class _FilesystemStagedBlob:
         async with self._lock:
             if self._closed:
                 raise StorageError("commit of a closed staging file")
+            await self._quiet()
+            if self._failed is not None:
+                await self._discard()
+                raise StorageError(f"cannot write staging file: {self._failed.strerror}")
             target = self._store.path_for(expected)
 
             def digest() -> Digest:
@@ -381,6 +474,7 @@ class _FilesystemStagedBlob:
 
     async def _discard(self) -> None:
         self._closed = True
+        await self._quiet()
 
         def discard() -> None:
             os.close(self._fd)

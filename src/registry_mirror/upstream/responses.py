@@ -49,8 +49,10 @@ class ResponseBlobStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with translated("blob download interrupted"):
-            async for chunk in self._response.content.iter_chunked(BLOB_CHUNK):
-                yield chunk
+            # As received (no joining of the buffered pieces: a copy of every byte).
+            async for chunk, _ in self._response.content.iter_chunks():
+                if chunk:
+                    yield chunk
 
     def close(self) -> None:
         self._response.close()

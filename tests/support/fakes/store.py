@@ -25,6 +25,8 @@ class MemoryBlobStore:
         self.committed: dict[Digest, float] = {}  # when (time.time()); tests may age them
         # When set: commits wait for it between the verdict and publishing (a slow disk).
         self.publish_gate: asyncio.Event | None = None
+        # When set: writes are taken but not done until it is (a disk that lags).
+        self.write_gate: asyncio.Event | None = None
         self.readers: list[MemoryStagedReader] = []
         self.chunk_size = chunk_size
         self._closed = False
@@ -113,11 +115,16 @@ class MemoryStagedBlob:
     def written(self) -> int:
         return len(self._buffer)
 
-    async def write(self, data: bytes) -> None:
-        await self._store._ready()
+    async def write(self, *pieces: bytes) -> None:
+        # Taken at the call, in call order, whole (as the filesystem store's queue does).
+        self._store._check_open()
         if self._closed:
             raise StorageError("write to a closed staged blob")
-        self._buffer += data
+        for data in pieces:
+            self._buffer += data
+        await self._store._ready()
+        if self._store.write_gate is not None:
+            await self._store.write_gate.wait()
 
     def reader(self) -> MemoryStagedReader:
         if self._closed:
