@@ -386,3 +386,56 @@ async def test_a_range_of_a_blob_being_filled_is_answered_before_the_fill_ends(
         assert await asyncio.wait_for(early, 10) == data
         assert upstream.count("get_blob") == 1
         assert upstream.open_streams == 0
+
+
+async def test_a_range_far_ahead_of_the_fill_is_asked_of_upstream_by_itself(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    """A few KiB deep into a cold layer: asked of upstream as a range of its own while
+    the download goes on (held here after its first chunk), not after the download."""
+    image = upstream.put_image("library/app", "1", make_image("deep", layers=[12_000_000]))
+    digest, data = image.layer_digests[0], image.layers[0]
+    upstream.hold = asyncio.Event()
+    path = f"/v2/library/app/blobs/{digest}"
+    async with mirror() as m:
+        whole = await m.client.get(path)  # starts the download
+        assert whole.status == 200
+        at = 10_000_000
+        ranged = await asyncio.wait_for(
+            m.client.get(path, headers={"Range": f"bytes={at}-{at + 4095}"}), 10
+        )
+        assert ranged.status == 206
+        assert ranged.headers["Content-Range"] == f"bytes {at}-{at + 4095}/{len(data)}"
+        assert await asyncio.wait_for(ranged.read(), 10) == data[at : at + 4096]
+        assert digest not in m.store.blobs  # the download is still held
+        calls = [c for c in upstream.calls if c.method == "get_blob"]
+        assert [(c.offset, c.end) for c in calls] == [(0, None), (at, at + 4096)]
+        upstream.hold.set()
+        assert await asyncio.wait_for(whole.read(), 10) == data
+        await wait_until_async(lambda: digest in m.store.blobs)
+        assert m.store.blobs[digest] == data
+        assert upstream.open_streams == 0
+
+
+async def test_a_far_range_follows_the_fill_when_upstream_refuses_it(
+    mirror: Mirror, upstream: FakeUpstream
+) -> None:
+    image = upstream.put_image("library/app", "1", make_image("refused", layers=[12_000_000]))
+    digest, data = image.layer_digests[0], image.layers[0]
+    path = f"/v2/library/app/blobs/{digest}"
+    upstream.hold = asyncio.Event()
+    async with mirror() as m:
+        whole = await m.client.get(path)  # its download is open, and held
+        upstream.down_for = {"get_blob"}  # a new download fails
+        ranged = await asyncio.wait_for(
+            m.client.get(path, headers={"Range": "bytes=10000000-10000099"}), 10
+        )
+        assert ranged.status == 206
+        assert upstream.count("get_blob") == 2  # asked, refused
+        body = asyncio.ensure_future(ranged.read())
+        await asyncio.sleep(0.1)
+        assert not body.done()  # waits for the download to get there
+        upstream.hold.set()
+        assert await asyncio.wait_for(body, 10) == data[10_000_000:10_000_100]
+        assert await whole.read() == data
+        assert upstream.open_streams == 0

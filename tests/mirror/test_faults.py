@@ -204,6 +204,38 @@ def test_bytes_stream_to_the_client_before_the_download_completes(
     assert proxy.count("GET", BLOB) == 1
 
 
+def test_a_range_deep_in_a_cold_layer_is_answered_while_the_fill_is_held(
+    upstream: RegistryProcess, proxy: FaultyProxy, mirror: MirrorProcess
+) -> None:
+    """A lazy-pulling client reads a few KiB near the end of a layer being filled: the
+    mirror asks the real upstream for that range by itself (the download is held at
+    1 MiB), answers it, and the download still completes and is cached once."""
+    digest, data = one_layer(upstream, 12 * MiB)
+    gate = proxy.gate("GET", BLOB, at_bytes=MiB, times=1)
+    at = 11 * MiB
+    with (
+        httpx.Client(base_url=mirror.url, timeout=10, trust_env=False) as c,
+        c.stream("GET", blob_path(digest)) as whole,
+    ):
+        chunks = whole.iter_raw()
+        received = bytearray()
+        read_at_least(chunks, MiB // 2, received)
+        ranged = c.get(blob_path(digest), headers={"Range": f"bytes={at}-{at + 8191}"})
+        assert ranged.status_code == 206
+        assert ranged.headers["Content-Range"] == f"bytes {at}-{at + 8191}/{len(data)}"
+        assert ranged.content == data[at : at + 8192]
+        assert not gate.released.is_set()
+        gate.release()
+        for chunk in chunks:
+            received += chunk
+    assert bytes(received) == data
+    assert [r.headers.get("Range") for r in proxy.requests("GET", BLOB)] == [
+        None,
+        f"bytes={at}-{at + 8191}",
+    ]
+    assert published(mirror.root, digest) == data
+
+
 def test_follower_joins_a_fill_in_progress(
     upstream: RegistryProcess, proxy: FaultyProxy, mirror: MirrorProcess
 ) -> None:

@@ -50,6 +50,10 @@ MAX_BATCH: Final = 4 * 1024 * 1024  # what one write takes at most
 MAX_UNWRITTEN: Final = 8 * 1024 * 1024  # per fill: the download waits for the disk beyond
 # The latest chunks written stay in memory too, for clients just behind the edge.
 RECENT_BYTES: Final = 512 * 1024
+# A range of at most FAR_RANGE bytes starting more than FAR_AHEAD past the download's
+# edge is asked of upstream by itself rather than waiting for the download to get there.
+FAR_AHEAD: Final = 4 * 1024 * 1024
+FAR_RANGE: Final = 16 * 1024 * 1024
 
 
 class WriteBudget:
@@ -311,7 +315,25 @@ class BlobFill:
         If the *store* fails mid-way (disk full), the client is not cut off: it goes on
         straight from upstream where it stands, still verified when it takes the whole
         blob (the bytes already sent are re-read from its handle on the staged file).
+
+        A short range far ahead of the download (a lazy-pulling client reading a few KiB
+        of a big layer) is asked of upstream by itself, while the fill goes on; if that
+        request fails before any byte, the range waits for the fill instead.
         """
+        if self._far_ahead(start, end):
+            assert end is not None
+            try:
+                upstream = await self._upstream.get_blob(self.repo, self.digest, start, end)
+            except UpstreamError as exc:
+                log.info("range %d-%d of %s follows the fill: %s", start, end, self.digest, exc)
+            else:
+                direct = DirectBlob(self.digest, upstream)
+                try:
+                    async for chunk in direct.stream(start, end):
+                        yield chunk
+                finally:
+                    direct.close()
+                return
         staged = self._staged
         if staged is None:
             raise FillFailed(str(self.error or "fill did not start"))
@@ -364,6 +386,15 @@ class BlobFill:
                 yield chunk
         finally:
             reader.close()
+
+    def _far_ahead(self, start: int, end: int | None) -> bool:
+        """A short range that begins well past what the download has received."""
+        return (
+            end is not None
+            and not self.done
+            and end - start <= FAR_RANGE
+            and start - self.received > FAR_AHEAD
+        )
 
     async def _continue_direct(
         self, reader: StagedReader, start: int, sent: int, end: int | None

@@ -78,8 +78,12 @@ class Upstream(Protocol):
         """The blob's size (None when upstream did not say); raises when it is absent."""
         ...
 
-    async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
-        """Open a blob download from ``offset``; the caller closes the stream."""
+    async def get_blob(
+        self, repo: str, digest: Digest, offset: int = 0, end: int | None = None
+    ) -> BlobStream:
+        """Open a blob download of bytes ``[offset, end)`` (to its end when None); the
+        caller closes the stream. An upstream that ignores the range may send more, from
+        0 (the stream's ``offset`` says where it starts)."""
         ...
 
     async def list_tags(self, repo: str) -> TagList: ...

@@ -146,9 +146,12 @@ class RegistryClient:
 
         return await self._metadata(("blob", repo, str(digest)), call)
 
-    async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
-        """Open a blob download from ``offset`` (following redirects to a CDN)."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+    async def get_blob(
+        self, repo: str, digest: Digest, offset: int = 0, end: int | None = None
+    ) -> BlobStream:
+        """Open a blob download of ``[offset, end)`` (following redirects to a CDN)."""
+        last = "" if end is None else str(end - 1)
+        headers = {"Range": f"bytes={offset}-{last}"} if offset or end is not None else {}
         with self._remembering_refusals(("blob", repo, str(digest))):
             response = await self._request("GET", repo, f"blobs/{digest}", headers, blob=True)
         # Layer bytes are never decoded: identity was asked, and a coding announced anyway

@@ -165,6 +165,7 @@ class Call:
     repo: str
     reference: str = ""
     offset: int = 0
+    end: int | None = None  # a blob range's end (exclusive)
 
 
 @dataclass
@@ -189,11 +190,13 @@ class FakeBlobStream:
         data: bytes,
         offset: int,
         *,
+        end: int | None = None,
         cut_after: int | None,
         delay: float,
     ) -> None:
         self.size: int | None = len(data)
         self.offset = offset
+        self.end = len(data) if end is None else min(end, len(data))
         self.closed = False
         self._owner = owner
         self._data = data
@@ -203,10 +206,10 @@ class FakeBlobStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         sent = 0
-        for start in range(self.offset, len(self._data), self._owner.chunk_size):
+        for start in range(self.offset, self.end, self._owner.chunk_size):
             if self._delay:
                 await asyncio.sleep(self._delay)
-            chunk = self._data[start : start + self._owner.chunk_size]
+            chunk = self._data[start : min(start + self._owner.chunk_size, self.end)]
             if self._cut_after is not None and sent + len(chunk) > self._cut_after:
                 part = chunk[: self._cut_after - sent]
                 if part:
@@ -289,8 +292,10 @@ class FakeUpstream:
         await self._enter(Call("head_blob", repo, str(digest)))
         return len(self._blob(repo, digest))
 
-    async def get_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
-        await self._enter(Call("get_blob", repo, str(digest), offset))
+    async def get_blob(
+        self, repo: str, digest: Digest, offset: int = 0, end: int | None = None
+    ) -> BlobStream:
+        await self._enter(Call("get_blob", repo, str(digest), offset, end))
         data = self._blob(repo, digest)
         if digest in self._mismatched:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
@@ -300,7 +305,9 @@ class FakeUpstream:
             cut_after = cut.after
             if cut.times is not None:
                 cut.times -= 1
-        return FakeBlobStream(self, data, offset, cut_after=cut_after, delay=self.chunk_delay)
+        return FakeBlobStream(
+            self, data, offset, end=end, cut_after=cut_after, delay=self.chunk_delay
+        )
 
     async def list_tags(self, repo: str) -> TagList:
         await self._enter(Call("list_tags", repo))
