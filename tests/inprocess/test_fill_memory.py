@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
-from registry_mirror.mirror import Route, UpstreamEntry
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from registry_mirror.api.sendfile import SendfileReactor
+from registry_mirror.app import create_app
+from registry_mirror.config import load_settings
+from registry_mirror.mirror import Route, Router, UpstreamEntry
 from registry_mirror.mirror.fill import MAX_UNWRITTEN, BlobFill, WriteBudget
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobInfo
+from registry_mirror.storage import BlobInfo, FilesystemBlobStore
 from tests.support.fakes import FakeUpstream, MemoryBlobStore
 from tests.support.waits import wait_until_async
 
@@ -58,4 +65,47 @@ async def test_the_download_waits_for_a_lagging_disk_and_clients_are_served_ahea
     assert budget.used == 0
     assert [info.size for info in committed] == [len(data)]
     assert store.blobs[digest] == data
+    assert upstream.open_streams == 0
+
+
+async def test_a_follower_behind_the_download_gets_the_staged_bytes_by_sendfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain TCP, a real store on disk: a client joining a fill that is megabytes in
+    gets what is already in the staging file by sendfile from it, then follows the
+    download; both get the whole blob, from one download."""
+    data = os.urandom(8 * 1024 * 1024)
+    upstream = FakeUpstream(chunk_size=CHUNK)
+    upstream.chunk_delay = 0.003  # about 0.4 s for the whole download
+    digest = upstream.put_blob("library/big", data)
+    sent: list[tuple[int, int]] = []
+    send = SendfileReactor.send
+
+    async def recording(
+        self: SendfileReactor, sock_fd: int, file_fd: int, offset: int, count: int
+    ) -> None:
+        sent.append((offset, count))
+        await send(self, sock_fd, file_fd, offset, count)
+
+    monkeypatch.setattr(SendfileReactor, "send", recording)
+    root = tmp_path / "root"
+    settings, _ = load_settings(flags={"storage.filesystem.rootdirectory": str(root)}, environ={})
+    entry = UpstreamEntry("docker.io", upstream, dockerhub=True)
+    store = FilesystemBlobStore(root)
+    store.prepare()
+    app = create_app(settings, store=store, router=Router([entry], default="docker.io"))
+    path = f"/v2/library/big/blobs/{digest}"
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        first = asyncio.ensure_future((await client.get(path)).read())
+
+        def staged_bytes() -> int:
+            return sum(p.stat().st_size for p in (root / "staging").glob("*.part"))
+
+        await wait_until_async(lambda: staged_bytes() >= 3 * 1024 * 1024)
+        follower = await client.get(path)
+        assert follower.status == 200
+        assert await asyncio.wait_for(follower.read(), 20) == data
+        assert await asyncio.wait_for(first, 20) == data
+    assert sent and sent[0][0] == 0 and sent[0][1] >= 2 * 1024 * 1024, sent
+    assert upstream.count("get_blob") == 1
     assert upstream.open_streams == 0

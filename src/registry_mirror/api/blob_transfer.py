@@ -1,10 +1,11 @@
 """How a blob leaves: the store says (``BlobSource.delivery``). A cached file
 (``LocalFile``) goes by sendfile on plain TCP, is streamed from ``store.open`` otherwise
 (under TLS, or a store without local files); ``Redirect`` sends the client there (307);
-a miss streams as its bytes arrive from upstream. Ranges, the write timeout, a file
-evicted between the lookup and the open (asked for again), and a connection cut rather
-than a response completed with bad or missing bytes. Every descriptor, reader and
-upstream connection is released on every exit."""
+a miss streams as its bytes arrive from upstream (a follower behind the download gets
+what is already in the staged file by sendfile too, on plain TCP). Ranges, the write
+timeout, a file evicted between the lookup and the open (asked for again), and a
+connection cut rather than a response completed with bad or missing bytes. Every
+descriptor, reader and upstream connection is released on every exit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, TypeVar
 
 from aiohttp import web
 
@@ -21,14 +22,17 @@ from registry_mirror.api.access_log import BODY_BYTES
 from registry_mirror.api.errors import RegistryError
 from registry_mirror.api.ranges import Unsatisfiable, parse_range
 from registry_mirror.api.sendfile import SendfileReactor
-from registry_mirror.mirror import BlobSource, FillFailed, Mirror, Route
+from registry_mirror.mirror import BlobFill, BlobSource, FillFailed, Mirror, Route
 from registry_mirror.mirror.direct import DirectBlob
+from registry_mirror.mirror.fill import FileSpan
 from registry_mirror.reference import Digest
 from registry_mirror.storage import LocalFile, Redirect, StorageError
 
 __all__ = ["SENDFILE_KEY", "WRITE_TIMEOUT_KEY", "send_blob"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SENDFILE_KEY: Final = web.AppKey("sendfile", SendfileReactor)
 # How long one body write may wait for a client that takes nothing (http.write_timeout).
@@ -101,7 +105,7 @@ async def _serve_source(
 
 
 @contextlib.asynccontextmanager
-async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+async def _closing(chunks: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
     """Close a byte stream (an async generator holding a descriptor or a reader) as
     soon as the response is done with it, not whenever it is garbage collected."""
     try:
@@ -173,16 +177,7 @@ async def _send_file(
     Closes ``fd``."""
     try:
         await response.prepare(request)
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if transport is None or sock is None:
-            raise ConnectionResetError("client went away")
-        # Headers first: the transport's own buffer must be empty before bytes bypass it.
-        for _ in range(1000):
-            if not transport.get_write_buffer_size():
-                break
-            await asyncio.sleep(0.005)
-        await request.app[SENDFILE_KEY].send(sock.fileno(), fd, start, count)
+        await _sendfile(request, fd, start, count)
         request[BODY_BYTES] = count
         await response.write_eof()
     except ConnectionError as exc:
@@ -193,10 +188,25 @@ async def _send_file(
     return response
 
 
+async def _sendfile(request: web.Request, fd: int, start: int, count: int) -> None:
+    """``count`` bytes of ``fd`` from ``start`` straight to the client's socket."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None or sock is None:
+        raise ConnectionResetError("client went away")
+    # What was written before (headers, chunks) leaves first: the transport's own buffer
+    # must be empty before bytes bypass it.
+    for _ in range(1000):
+        if not transport.get_write_buffer_size():
+            break
+        await asyncio.sleep(0.005)
+    await request.app[SENDFILE_KEY].send(sock.fileno(), fd, start, count)
+
+
 async def _send_stream(
     request: web.Request,
     response: web.StreamResponse,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterator[bytes | FileSpan],
     what: str,
     count: int | None = None,
 ) -> web.StreamResponse:
@@ -209,7 +219,10 @@ async def _send_stream(
     stall = request.app[WRITE_TIMEOUT_KEY]
     try:
         async for chunk in chunks:
-            await _write(response, chunk, stall)
+            if isinstance(chunk, FileSpan):
+                await _sendfile(request, chunk.fd, chunk.offset, chunk.size)
+            else:
+                await _write(response, chunk, stall)
             request[BODY_BYTES] += len(chunk)
         if count is not None and request[BODY_BYTES] != count:
             raise StorageError(f"cached file ended after {request[BODY_BYTES]} of {count} bytes")
@@ -235,9 +248,15 @@ async def _send_live(
     start: int,
     end: int | None,
 ) -> web.StreamResponse:
-    """A miss: the bytes as they arrive from upstream (a fill, or a direct download)."""
-    assert source.live is not None
-    chunks = source.live.stream(start, end)
+    """A miss: the bytes as they arrive from upstream (a fill, or a direct download).
+    On plain TCP, a follower behind a fill gets the staged file's bytes by sendfile."""
+    live = source.live
+    assert live is not None
+    chunks: AsyncIterator[bytes | FileSpan]
+    if isinstance(live, BlobFill) and _plain_tcp(request):
+        chunks = live.pieces(start, end)
+    else:
+        chunks = live.stream(start, end)
     async with _closing(chunks):
         return await _send_stream(request, response, chunks, str(source.digest))
 

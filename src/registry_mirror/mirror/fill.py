@@ -14,9 +14,11 @@ their responses are aborted, never completed with bad data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 from registry_mirror.mirror.direct import DirectBlob
@@ -27,6 +29,7 @@ from registry_mirror.storage import (
     BlobInfo,
     BlobStore,
     DigestMismatch,
+    LocalStagedReader,
     StagedBlob,
     StagedReader,
     StorageError,
@@ -39,7 +42,7 @@ from registry_mirror.upstream import (
     UpstreamUnavailable,
 )
 
-__all__ = ["BlobFill", "FillFailed", "Uncacheable"]
+__all__ = ["BlobFill", "FileSpan", "FillFailed", "Uncacheable", "WriteBudget"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,18 @@ RECENT_BYTES: Final = 512 * 1024
 # edge is asked of upstream by itself rather than waiting for the download to get there.
 FAR_AHEAD: Final = 4 * 1024 * 1024
 FAR_RANGE: Final = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """``size`` bytes at ``offset`` of a local file (a staged blob's), to send as is."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class WriteBudget:
@@ -310,7 +325,20 @@ class BlobFill:
         self._wake()
 
     async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` as they arrive; raises FillFailed if the fill fails
+        (see :meth:`pieces`)."""
+        async with contextlib.aclosing(self.pieces(start, end, spans=False)) as pieces:
+            async for piece in pieces:
+                assert isinstance(piece, bytes)
+                yield piece
+
+    async def pieces(
+        self, start: int = 0, end: int | None = None, *, spans: bool = True
+    ) -> AsyncGenerator[bytes | FileSpan, None]:
         """Bytes ``[start, end)`` as they arrive; raises FillFailed if the fill fails.
+        With ``spans``, the part already in a local staged file and no longer in memory
+        (a follower behind the download) comes as :class:`FileSpan` regions of it, to
+        leave by ``sendfile``; the caller sends each before asking for the next piece.
 
         If the *store* fails mid-way (disk full), the client is not cut off: it goes on
         straight from upstream where it stands, still verified when it takes the whole
@@ -358,20 +386,23 @@ class BlobFill:
                 available = self.received
                 if sent < available:
                     size = available - sent if end is None else min(available, end) - sent
-                    chunk = self._from_memory(sent, size) or await reader.read(
-                        sent, min(READ_CHUNK, size)
-                    )
-                    if not chunk:
+                    piece: bytes | FileSpan | None = self._from_memory(sent, size)
+                    if piece is None and spans and isinstance(reader, LocalStagedReader):
+                        piece = FileSpan(reader.fileno(), sent, min(size, self.written - sent))
+                    if piece is None:
+                        piece = await reader.read(sent, min(READ_CHUNK, size))
+                    length = len(piece)
+                    if not length:
                         raise FillFailed("staged file shorter than written")
-                    if whole and sent + len(chunk) == self.size:
+                    if whole and sent + length == self.size:
                         # The last bytes of the whole blob wait for the verdict on the
                         # digest: a client never completes a response of unverified data.
                         # (A range is answered as soon as its bytes are here.)
                         await self._verdict.wait()
                         if not self.verified:
                             break
-                    sent += len(chunk)
-                    yield chunk
+                    sent += length
+                    yield piece
                     continue
                 if self.done:
                     break

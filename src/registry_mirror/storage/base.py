@@ -24,6 +24,7 @@ __all__ = [
     "DigestMismatch",
     "LocalFile",
     "LocalFiles",
+    "LocalStagedReader",
     "Redirect",
     "StagedBlob",
     "StagedReader",
@@ -164,6 +165,14 @@ class LocalFiles(Protocol):
         """A read descriptor of the blob's file (the caller closes it), opened on the
         store's own threads; FileNotFoundError if it is gone."""
         ...
+
+
+@runtime_checkable
+class LocalStagedReader(Protocol):
+    """A reader of a staged blob that is a local file: the written bytes can leave by
+    ``sendfile`` from its descriptor (valid until the reader is closed)."""
+
+    def fileno(self) -> int: ...
 
 
 @runtime_checkable

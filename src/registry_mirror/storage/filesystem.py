@@ -497,6 +497,11 @@ class _StagingReader:
         except OSError as exc:
             raise StorageError(f"cannot read staging file: {exc.strerror}") from exc
 
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise StorageError("staging reader closed")
+        return self._fd
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
