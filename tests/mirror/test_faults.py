@@ -27,6 +27,7 @@ from tests.support.oci import error_code, error_detail
 from tests.support.registry import RegistryProcess
 from tests.support.resources import LAZY_THREADS, assert_returns_to_baseline, resources
 from tests.support.store import blob_file, published, staged_files, stored_files
+from tests.support.tls import tls_args
 from tests.support.waits import wait_until
 
 MiB = 1 << 20
@@ -204,17 +205,36 @@ def test_bytes_stream_to_the_client_before_the_download_completes(
     assert proxy.count("GET", BLOB) == 1
 
 
+@pytest.fixture(params=["http", "tls"])
+def any_faulty_mirror(
+    request: pytest.FixtureRequest,
+    proxy: FaultyProxy,
+    mirror_factory: MirrorFactory,
+    tmp_path: Path,
+) -> Iterator[MirrorProcess]:
+    """As ``mirror``, over plain HTTP, then over its own TLS."""
+    args = tls_args(tmp_path / "tls") if request.param == "tls" else []
+    mirror = mirror_factory(proxy.url, args=args)
+    baseline = resources(mirror.pid)
+    yield mirror
+    if mirror.running:
+        assert_returns_to_baseline(
+            mirror.pid, baseline, fd_slack=6, thread_slack=LAZY_THREADS, timeout=30
+        )
+
+
 def test_a_range_deep_in_a_cold_layer_is_answered_while_the_fill_is_held(
-    upstream: RegistryProcess, proxy: FaultyProxy, mirror: MirrorProcess
+    upstream: RegistryProcess, proxy: FaultyProxy, any_faulty_mirror: MirrorProcess
 ) -> None:
     """A lazy-pulling client reads a few KiB near the end of a layer being filled: the
     mirror asks the real upstream for that range by itself (the download is held at
     1 MiB), answers it, and the download still completes and is cached once."""
+    mirror = any_faulty_mirror
     digest, data = one_layer(upstream, 12 * MiB)
     gate = proxy.gate("GET", BLOB, at_bytes=MiB, times=1)
     at = 11 * MiB
     with (
-        httpx.Client(base_url=mirror.url, timeout=10, trust_env=False) as c,
+        httpx.Client(base_url=mirror.url, timeout=10, trust_env=False, verify=False) as c,
         c.stream("GET", blob_path(digest)) as whole,
     ):
         chunks = whole.iter_raw()
@@ -237,26 +257,31 @@ def test_a_range_deep_in_a_cold_layer_is_answered_while_the_fill_is_held(
 
 
 def test_follower_joins_a_fill_in_progress(
-    upstream: RegistryProcess, proxy: FaultyProxy, mirror: MirrorProcess
+    upstream: RegistryProcess, proxy: FaultyProxy, any_faulty_mirror: MirrorProcess
 ) -> None:
+    """B joins when the download is 3 MiB in (held there): it gets what is in the
+    staging file (by sendfile on plain TCP, read and streamed under TLS), then what is
+    still only in memory, then follows the download with A."""
+    mirror = any_faulty_mirror
     digest, data = one_layer(upstream, 4 * MiB)
-    gate = proxy.gate("GET", BLOB, at_bytes=MiB)
+    gate = proxy.gate("GET", BLOB, at_bytes=3 * MiB)
 
     with (
-        httpx.Client(base_url=mirror.url, timeout=5, trust_env=False) as ca,
-        httpx.Client(base_url=mirror.url, timeout=5, trust_env=False) as cb,
+        httpx.Client(base_url=mirror.url, timeout=5, trust_env=False, verify=False) as ca,
+        httpx.Client(base_url=mirror.url, timeout=5, trust_env=False, verify=False) as cb,
         ca.stream("GET", blob_path(digest)) as ra,
     ):
         chunks_a, got_a = ra.iter_raw(), bytearray()
         read_at_least(chunks_a, 1, got_a)
         gate.wait_reached()
+        wait_until(lambda: sum(f.stat().st_size for f in staged_files(mirror.root)) >= 2 * MiB)
         with cb.stream("GET", blob_path(digest)) as rb:
             assert rb.status_code == 200
             chunks_b, got_b = rb.iter_raw(), bytearray()
             # B starts from byte 0 of the staged file while the download is held.
-            read_at_least(chunks_b, MiB, got_b)
+            read_at_least(chunks_b, 3 * MiB, got_b)
             assert not gate.released.is_set()
-            assert bytes(got_b) == data[:MiB]
+            assert bytes(got_b) == data[: 3 * MiB]
             gate.release()
             for chunk in chunks_a:
                 got_a += chunk
