@@ -54,7 +54,7 @@ def create_app(
     )
     app[ACCESS_KEY] = policy = AccessPolicy(settings)
     app.on_cleanup.append(policy.close)
-    api = registry_api(settings)
+    api = registry_api(settings, policy)
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

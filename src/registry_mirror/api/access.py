@@ -69,8 +69,10 @@ class AccessPolicy:
         """The authenticated user, None if anonymous; 401 for wrong credentials, 429
         once the client has failed too many logins (no check is made then) or when the
         password checks are all busy. No credential, however odd, is a server error."""
+        if self.htpasswd is None:
+            return None
         header = request.headers.get("Authorization")
-        if self.htpasswd is None or not header:
+        if not header:
             return None
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic" or len(value) > 4096:
@@ -128,7 +130,7 @@ ACCESS_KEY: Final = web.AppKey("access", AccessPolicy)
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On the root application, so for every request whatever its path: who the client
     is, whether its network may ask at all, and its request rate."""
-    policy = request.config_dict[ACCESS_KEY]
+    policy = request.app[ACCESS_KEY]
     try:
         client = policy.clients.client(request)
         request[CLIENT] = client
@@ -145,7 +147,7 @@ async def login_middleware(request: web.Request, handler: Handler) -> web.Stream
     """On the registry API: who the client is logged in as (401 for wrong credentials;
     the ping asks anonymous clients to log in, see ``routes.base``)."""
     try:
-        request[USER] = await request.config_dict[ACCESS_KEY].user(request)
+        request[USER] = await request.app[ACCESS_KEY].user(request)
     except RegistryError as error:
         return error_response(error, request.method)
     return await handler(request)

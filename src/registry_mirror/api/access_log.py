@@ -42,6 +42,12 @@ class AccessLogger(AbstractAccessLogger):
     client is the address from the trusted ``X-Forwarded-For`` chain (the peer for a
     request refused before the access policy ran), the user ``-`` when anonymous."""
 
+    @property
+    def enabled(self) -> bool:
+        """Below INFO nothing is logged: aiohttp then neither times requests nor calls
+        :meth:`log` (asked once per connection)."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return

@@ -10,7 +10,7 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api.access import login_middleware
+from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, login_middleware
 from registry_mirror.api.blob_transfer import WRITE_TIMEOUT_KEY
 from registry_mirror.api.errors import (
     Handler,
@@ -28,12 +28,14 @@ API_PREFIX: Final = "/v2"
 MAX_REQUEST_BODY: Final = 1024 * 1024  # the read side takes no bodies worth the name
 
 
-def registry_api(settings: Settings) -> web.Application:
+def registry_api(settings: Settings, policy: AccessPolicy) -> web.Application:
     """The registry API; the mirror itself (``MIRROR_KEY``) and the sendfile workers
     (``SENDFILE_KEY``) are given to it when the server starts. The access policy
     (``ACCESS_KEY``) is the root application's: its admission (allow list, request
-    rate) applies to every path, the API adds who the client is logged in as."""
+    rate) applies to every path, the API adds who the client is logged in as. The API
+    holds it too, so that its requests find it in their own application."""
     api = web.Application(middlewares=[login_middleware, error_middleware])
+    api[ACCESS_KEY] = policy
     api[WRITE_TIMEOUT_KEY] = settings.http.write_timeout
     api.on_response_prepare.append(add_api_version)
     setup_routes(api)
