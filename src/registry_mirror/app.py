@@ -16,10 +16,10 @@ from registry_mirror.api import (
     MIRROR_KEY,
     SENDFILE_KEY,
     SendfileReactor,
-    no_endpoint_middleware,
     registry_api,
+    root_middleware,
 )
-from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, admission_middleware
+from registry_mirror.api.access import ACCESS_KEY, AccessPolicy
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
 from registry_mirror.index import Index
@@ -49,12 +49,12 @@ def create_app(
     live and die with the app (``cleanup_ctx``).
     """
     app = web.Application(
-        middlewares=[admission_middleware, no_endpoint_middleware],
+        middlewares=[root_middleware],
         client_max_size=MAX_REQUEST_BODY,
     )
     app[ACCESS_KEY] = policy = AccessPolicy(settings)
     app.on_cleanup.append(policy.close)
-    api = registry_api(settings)
+    api = registry_api(settings, policy)
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

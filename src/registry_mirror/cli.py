@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -228,13 +229,32 @@ class _MalformedRequestFilter(logging.Filter):
         return True
 
 
+class _Formatter(logging.Formatter):
+    """The standard formatter; the date and time of a second are formatted once, not
+    for every record of that second (an access log line per request)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")  # replaced whole: threads log too
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached, text = self._second
+        if cached != second:
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = (second, text)
+        if self.default_msec_format:
+            text = self.default_msec_format % (text, record.msecs)
+        return text
+
+
 def _setup_logging(settings: Settings) -> None:
     level = {"warn": "WARNING"}.get(settings.log.level, settings.log.level.upper())
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("aiohttp.access").setLevel(level)
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequestFilter())
 

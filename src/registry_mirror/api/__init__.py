@@ -6,8 +6,10 @@ from registry_mirror.api.errors import RegistryError, add_api_version, error_mid
 from registry_mirror.api.registry import (
     API_PREFIX,
     MAX_REQUEST_BODY,
+    api_middleware,
     no_endpoint_middleware,
     registry_api,
+    root_middleware,
 )
 from registry_mirror.api.routes import MIRROR_KEY, setup_routes
 from registry_mirror.api.sendfile import SendfileReactor
@@ -21,8 +23,10 @@ __all__ = [
     "RegistryError",
     "SendfileReactor",
     "add_api_version",
+    "api_middleware",
     "error_middleware",
     "no_endpoint_middleware",
     "registry_api",
+    "root_middleware",
     "setup_routes",
 ]

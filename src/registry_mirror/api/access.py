@@ -12,7 +12,7 @@ from typing import Final
 from aiohttp import web
 
 from registry_mirror.api.clients import ClientAddresses, in_networks, networks
-from registry_mirror.api.errors import Handler, RegistryError, error_response
+from registry_mirror.api.errors import RegistryError, error_response
 from registry_mirror.api.limits import Limiter, too_many
 from registry_mirror.auth import CheckBusy, Htpasswd
 from registry_mirror.config import Settings
@@ -22,8 +22,8 @@ __all__ = [
     "CLIENT",
     "USER",
     "AccessPolicy",
-    "admission_middleware",
-    "login_middleware",
+    "login_refusal",
+    "refusal",
 ]
 
 CLIENT: Final = web.RequestKey("client", str)  # the address the policy identified
@@ -69,8 +69,10 @@ class AccessPolicy:
         """The authenticated user, None if anonymous; 401 for wrong credentials, 429
         once the client has failed too many logins (no check is made then) or when the
         password checks are all busy. No credential, however odd, is a server error."""
+        if self.htpasswd is None:
+            return None
         header = request.headers.get("Authorization")
-        if self.htpasswd is None or not header:
+        if not header:
             return None
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic" or len(value) > 4096:
@@ -124,11 +126,10 @@ class AccessPolicy:
 ACCESS_KEY: Final = web.AppKey("access", AccessPolicy)
 
 
-@web.middleware
-async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """On the root application, so for every request whatever its path: who the client
-    is, whether its network may ask at all, and its request rate."""
-    policy = request.config_dict[ACCESS_KEY]
+def refusal(request: web.Request) -> web.Response | None:
+    """Admission, for every request whatever its path: who the client is, whether its
+    network may ask at all, and its request rate; the answer if it is refused."""
+    policy = request.app[ACCESS_KEY]
     try:
         client = policy.clients.client(request)
         request[CLIENT] = client
@@ -137,15 +138,19 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         policy.limiter.request(client)
     except RegistryError as error:
         return error_response(error, request.method)
-    return await handler(request)
+    return None
 
 
-@web.middleware
-async def login_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def login_refusal(request: web.Request) -> web.Response | None:
     """On the registry API: who the client is logged in as (401 for wrong credentials;
-    the ping asks anonymous clients to log in, see ``routes.base``)."""
+    the ping asks anonymous clients to log in, see ``routes.base``); the answer if the
+    credentials are refused."""
+    policy = request.app[ACCESS_KEY]
+    if policy.htpasswd is None:  # what user() answers then, without a coroutine
+        request[USER] = None
+        return None
     try:
-        request[USER] = await request.config_dict[ACCESS_KEY].user(request)
+        request[USER] = await policy.user(request)
     except RegistryError as error:
         return error_response(error, request.method)
-    return await handler(request)
+    return None

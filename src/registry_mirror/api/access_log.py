@@ -18,6 +18,7 @@ from registry_mirror.api.access import CLIENT, USER
 __all__ = ["BODY_BYTES", "AccessLogger", "printable"]
 
 BODY_BYTES: Final = web.RequestKey("body_bytes", int)  # body bytes sent, when counted
+LINE: Final = '%s %s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"'
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -42,6 +43,12 @@ class AccessLogger(AbstractAccessLogger):
     client is the address from the trusted ``X-Forwarded-For`` chain (the peer for a
     request refused before the access policy ran), the user ``-`` when anonymous."""
 
+    @property
+    def enabled(self) -> bool:
+        """Below INFO nothing is logged: aiohttp then neither times requests nor calls
+        :meth:`log` (asked once per connection)."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
@@ -55,8 +62,7 @@ class AccessLogger(AbstractAccessLogger):
                 sent = response.body_length
         client = request.get(CLIENT) or request.remote or "-"
         user = request.get(USER) or "-"
-        self.logger.info(
-            '%s %s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"',
+        message = LINE % (
             client,
             printable(user, 100).replace(" ", "\\x20"),
             request.method,
@@ -68,3 +74,7 @@ class AccessLogger(AbstractAccessLogger):
             time,
             printable(request.headers.get("User-Agent", "-")),
         )
+        # The record Logger.info would make, formatted already and without the search for
+        # the calling frame (no format of this program shows it): one per request.
+        logger = self.logger
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, (), None))

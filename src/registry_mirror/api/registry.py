@@ -10,7 +10,7 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api.access import login_middleware
+from registry_mirror.api.access import ACCESS_KEY, AccessPolicy, login_refusal, refusal
 from registry_mirror.api.blob_transfer import WRITE_TIMEOUT_KEY
 from registry_mirror.api.errors import (
     Handler,
@@ -22,22 +22,52 @@ from registry_mirror.api.errors import (
 from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
 
-__all__ = ["API_PREFIX", "MAX_REQUEST_BODY", "no_endpoint_middleware", "registry_api"]
+__all__ = [
+    "API_PREFIX",
+    "MAX_REQUEST_BODY",
+    "api_middleware",
+    "no_endpoint_middleware",
+    "registry_api",
+    "root_middleware",
+]
 
 API_PREFIX: Final = "/v2"
 MAX_REQUEST_BODY: Final = 1024 * 1024  # the read side takes no bodies worth the name
 
 
-def registry_api(settings: Settings) -> web.Application:
+def registry_api(settings: Settings, policy: AccessPolicy) -> web.Application:
     """The registry API; the mirror itself (``MIRROR_KEY``) and the sendfile workers
     (``SENDFILE_KEY``) are given to it when the server starts. The access policy
     (``ACCESS_KEY``) is the root application's: its admission (allow list, request
-    rate) applies to every path, the API adds who the client is logged in as."""
-    api = web.Application(middlewares=[login_middleware, error_middleware])
+    rate) applies to every path, the API adds who the client is logged in as. The API
+    holds it too, so that its requests find it in their own application."""
+    api = web.Application(middlewares=[api_middleware])
+    api[ACCESS_KEY] = policy
     api[WRITE_TIMEOUT_KEY] = settings.http.write_timeout
     api.on_response_prepare.append(add_api_version)
     setup_routes(api)
     return api
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The registry API's middleware: who the client is logged in as (``login_refusal``),
+    then OCI error bodies for what fails (``error_middleware``). One middleware, not two:
+    every request pays for each layer."""
+    refused = await login_refusal(request)
+    if refused is not None:
+        return refused
+    return await error_middleware(request, handler)
+
+
+@web.middleware
+async def root_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The root application's middleware: admission for every path (``access.refusal``:
+    allow list, request rate), then :func:`no_endpoint_middleware`."""
+    refused = refusal(request)
+    if refused is not None:
+        return refused
+    return await no_endpoint_middleware(request, handler)
 
 
 @web.middleware

@@ -4,7 +4,9 @@ HTTP only, no disks, no upstream details."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import quote
 
@@ -14,9 +16,11 @@ from registry_mirror.api.access import ACCESS_KEY, CLIENT, USER
 from registry_mirror.api.blob_transfer import send_blob
 from registry_mirror.api.errors import KIND, RegistryError
 from registry_mirror.media_types import Accept
-from registry_mirror.mirror import Manifest, Mirror, Route
+from registry_mirror.mirror import Mirror, Route
 from registry_mirror.reference import (
     Digest,
+    RepoName,
+    Tag,
     parse_digest,
     parse_reference,
     parse_repo_name,
@@ -31,6 +35,22 @@ MAX_PAGE: Final = 10_000
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 STALE_WARNING: Final = '110 - "served from cache: upstream unavailable"'
 TRUNCATED_WARNING: Final = '199 - "tag list truncated: upstream has more pages than are read"'
+# What every request for the same repository, reference or manifest computes again
+# otherwise: parsed names, references and Accept headers, manifest headers (immutable).
+REMEMBERED: Final = 1024
+MAX_REMEMBERED_ACCEPT: Final = 1024  # longer Accept headers are parsed every time
+
+_repo_name = functools.lru_cache(maxsize=REMEMBERED)(parse_repo_name)
+_reference = functools.lru_cache(maxsize=REMEMBERED)(parse_reference)
+_digest = functools.lru_cache(maxsize=REMEMBERED)(parse_digest)
+_accept = functools.lru_cache(maxsize=REMEMBERED)(Accept.parse)
+
+
+def _accepted(request: web.Request) -> Accept:
+    headers = tuple(request.headers.getall("Accept", ()))
+    if sum(map(len, headers)) > MAX_REMEMBERED_ACCEPT:
+        return Accept.parse(headers)
+    return _accept(headers)
 
 
 def setup_routes(api: web.Application) -> None:
@@ -52,7 +72,7 @@ def _read_only(request: web.Request) -> None:
 
 
 async def base(request: web.Request) -> web.StreamResponse:
-    policy = request.config_dict[ACCESS_KEY]
+    policy = request.app[ACCESS_KEY]
     if policy.htpasswd is not None and request[USER] is None:
         # The ping tells clients to log in (they send credentials from then on);
         # clients without credentials go on anonymously.
@@ -92,9 +112,9 @@ def _mirror(request: web.Request) -> Mirror:
 
 def _repo(request: web.Request, name: str) -> Route:
     """The route for a repository name, if this client may read it."""
-    repo_name = parse_repo_name(name)
+    repo_name: RepoName = _repo_name(name)
     route = _mirror(request).route(repo_name, request.query.get("ns"))
-    request.config_dict[ACCESS_KEY].authorize(request, route.key)
+    request.app[ACCESS_KEY].authorize(request, route.key)
     return route
 
 
@@ -103,12 +123,12 @@ def _repo(request: web.Request, name: str) -> Route:
 
 async def manifest(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
-    reference = parse_reference(ref)
+    reference: Tag | Digest = _reference(ref)
     route = _repo(request, name)
-    accept = Accept.parse(request.headers.getall("Accept", []))
+    accept = _accepted(request)
     head = request.method == "HEAD"
     found = await mirror.manifest(route, reference, accept, need_body=not head)
-    headers = _manifest_headers(found)
+    headers = _manifest_headers(found.digest, found.media_type, found.stale)
     if _etag_matches(request, found.digest):
         return web.Response(status=304, headers=headers)
     if head:
@@ -118,7 +138,7 @@ async def manifest(request: web.Request, name: str, ref: str) -> web.StreamRespo
 
 
 async def _head(
-    request: web.Request, headers: dict[str, str], size: int | None
+    request: web.Request, headers: Mapping[str, str], size: int | None
 ) -> web.StreamResponse:
     """A HEAD answer announcing the length of the body a GET would have."""
     response = web.StreamResponse(headers=headers)
@@ -129,13 +149,15 @@ async def _head(
     return response
 
 
-def _manifest_headers(found: Manifest) -> dict[str, str]:
+@functools.lru_cache(maxsize=REMEMBERED)
+def _manifest_headers(digest: Digest, media_type: str, stale: bool) -> Mapping[str, str]:
+    """A manifest answer's headers (shared: responses copy them)."""
     headers = {
-        "Content-Type": found.media_type,
-        "Docker-Content-Digest": str(found.digest),
-        "ETag": f'"{found.digest}"',
+        "Content-Type": media_type,
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
     }
-    if found.stale:
+    if stale:
         headers["Warning"] = STALE_WARNING
     return headers
 
@@ -162,14 +184,14 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
 
 async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
-    digest = parse_digest(ref)
+    digest: Digest = _digest(ref)
     route = _repo(request, name)
     headers = _blob_headers(digest)
     if request.method == "HEAD":
         return await _head(request, headers, await mirror.blob_size(route, digest))
     if _etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
-    with request.config_dict[ACCESS_KEY].limiter.download(request[CLIENT]):
+    with request.app[ACCESS_KEY].limiter.download(request[CLIENT]):
         return await send_blob(request, mirror, route, digest, headers)
 
 
@@ -229,7 +251,7 @@ async def tags(request: web.Request, name: str) -> web.StreamResponse:
 async def catalog(request: web.Request) -> web.StreamResponse:
     _read_only(request)
     mirror = _mirror(request)
-    policy = request.config_dict[ACCESS_KEY]
+    policy = request.app[ACCESS_KEY]
     names = [name for name, key in await mirror.catalog_keys() if policy.may_read(request, key)]
     page, link = _paginate(names, request, CATALOG_DEFAULT_PAGE)
     response = web.Response(

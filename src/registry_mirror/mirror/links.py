@@ -47,12 +47,20 @@ class RepoLinks:
         while len(self._known) > self._limit:
             self._known.popitem(last=False)
 
-    async def linked(self, repo: str, digest: Digest) -> bool:
-        """Whether ``digest`` may be served under ``repo`` from the cache."""
+    def remembered(self, repo: str, digest: Digest) -> bool:
+        """Whether the link is remembered (then :meth:`linked` is true), without asking
+        the index."""
+        self._watch.current()
         key = (repo, digest)
-        generation = self._watch.current()
         if key in self._known:
             self._known.move_to_end(key)
+            return True
+        return False
+
+    async def linked(self, repo: str, digest: Digest) -> bool:
+        """Whether ``digest`` may be served under ``repo`` from the cache."""
+        generation = self._watch.current()
+        if self.remembered(repo, digest):
             return True
         if await self._index.linked(repo, digest):
             self._remember(repo, [digest], generation)

@@ -66,7 +66,8 @@ class ManifestMemory:
     is never served from memory after its file and row are gone."""
 
     def __init__(self, limit: int, generation: Callable[[], bytes]) -> None:
-        self._items: OrderedDict[Digest, tuple[str, bytes]] = OrderedDict()
+        # The answers themselves (immutable): a hit builds nothing.
+        self._items: OrderedDict[Digest, Manifest] = OrderedDict()
         self._bytes = 0
         self._limit = limit
         self._watch = GenerationWatch(generation, self._clear)
@@ -79,7 +80,7 @@ class ManifestMemory:
         """The generation, forgetting everything if it changed; pass it to :meth:`put`."""
         return self._watch.current()
 
-    def get(self, digest: Digest) -> tuple[str, bytes] | None:
+    def get(self, digest: Digest) -> Manifest | None:
         self.current()
         item = self._items.get(digest)
         if item is not None:
@@ -90,19 +91,22 @@ class ManifestMemory:
         for digest in digests:
             item = self._items.pop(digest, None)
             if item is not None:
-                self._bytes -= len(item[1])
+                self._bytes -= item.size
 
-    def put(self, digest: Digest, media_type: str, body: bytes, generation: bytes) -> None:
-        """Remember a body read or stored under ``generation`` (if that is still current)."""
+    def put(self, digest: Digest, media_type: str, body: bytes, generation: bytes) -> Manifest:
+        """Remember a body read or stored under ``generation`` (if that is still current);
+        returns the manifest to answer with."""
+        manifest = Manifest(digest, media_type, len(body), body)
         if not self._watch.still(generation) or digest in self._items:
-            return
+            return manifest
         if len(body) > self._limit // 4:
-            return
-        self._items[digest] = (media_type, body)
+            return manifest
+        self._items[digest] = manifest
         self._bytes += len(body)
         while self._bytes > self._limit:
-            _, (_, old) = self._items.popitem(last=False)
-            self._bytes -= len(old)
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.size
+        return manifest
 
 
 class Manifests:
@@ -245,7 +249,11 @@ class Manifests:
         )
 
     async def _by_digest(self, route: Route, digest: Digest, tag: str | None = None) -> Manifest:
-        cached = await self._cached_manifest(digest)
+        cached = self._memory.get(digest)
+        if cached is not None and self._presence.known(route, digest):
+            return cached  # the usual hit: from memory, linked here, nothing awaited
+        if cached is None:
+            cached = await self._cached_manifest(digest)
         if cached is not None:
             # Cached through another repository? Served here only if upstream has it
             # here too (a HEAD, no download); else MANIFEST_UNKNOWN (or the outage).
@@ -258,8 +266,7 @@ class Manifests:
     async def _cached_manifest(self, digest: Digest) -> Manifest | None:
         remembered = self._memory.get(digest)
         if remembered is not None:
-            media_type, body = remembered
-            return Manifest(digest, media_type, len(body), body)
+            return remembered
         generation = self._memory.current()
         record = await self.index.get_manifest(digest)
         if record is None:
@@ -273,8 +280,7 @@ class Manifests:
             if stored is not None:
                 log.error("cached manifest %s is corrupt; fetching it again", digest)
             return None
-        self._memory.put(digest, record.media_type, stored, generation)
-        return Manifest(digest, record.media_type, len(stored), stored)
+        return self._memory.put(digest, record.media_type, stored, generation)
 
     async def _fetch_manifest(
         self, route: Route, reference: str, expected: Digest | None, *, tag: str | None

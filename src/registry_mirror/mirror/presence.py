@@ -20,6 +20,11 @@ class Presence:
         self._guard = guard
         self._confirms: SingleFlight[tuple[str, str, Digest], None] = SingleFlight("confirms")
 
+    def known(self, route: Route, digest: Digest) -> bool:
+        """Whether ``digest`` is linked to ``route`` as far as memory tells (no index
+        read, nothing awaited): if so, :meth:`check` would return at once."""
+        return self.links.remembered(route.key, digest)
+
     async def check(self, route: Route, digest: Digest, *, manifest: bool) -> None:
         """Return if ``digest`` is linked to ``route`` or upstream confirms it there
         (then linked); raises the upstream's error otherwise (UpstreamNotFound)."""

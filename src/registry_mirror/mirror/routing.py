@@ -14,11 +14,16 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from registry_mirror.reference import RepoName
 from registry_mirror.upstream import Upstream
 
 __all__ = ["RegistryNotMirrored", "RepositoryDenied", "Route", "Router", "UpstreamEntry"]
+
+# Routes resolved lately, by (name, namespace): the configuration never changes while the
+# server runs, so every request for a repository after the first costs one lookup.
+REMEMBERED_ROUTES: Final = 4096
 
 
 class RegistryNotMirrored(Exception):
@@ -79,6 +84,7 @@ class Router:
             for name in {entry.name, *entry.aliases}:
                 self._by_name[name.lower()] = entry
         self.default = self._by_name[default.lower()]
+        self._routes: dict[tuple[str, str | None], Route] = {}
 
     def __repr__(self) -> str:
         return f"<Router {[e.name for e in self.entries]} default={self.default.name}>"
@@ -87,7 +93,19 @@ class Router:
         return self._by_name.get(name.lower())
 
     def resolve(self, name: RepoName, namespace: str | None = None) -> Route:
-        value = name.value
+        """The route for ``name`` (and containerd's ``namespace``); raises
+        :class:`RegistryNotMirrored` or :class:`RepositoryDenied`. Remembered (refusals
+        are not): the same name always resolves to the same route."""
+        key = (name.value, namespace)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._resolve(name.value, namespace)
+            if len(self._routes) >= REMEMBERED_ROUTES:
+                del self._routes[next(iter(self._routes))]  # the oldest
+            self._routes[key] = route
+        return route
+
+    def _resolve(self, value: str, namespace: str | None) -> Route:
         if namespace is not None:
             entry = self.entry(namespace)
             if entry is None:
