@@ -88,6 +88,7 @@ from tests.support.podman import PodmanFactory
 from tests.support.registry import RegistryProcess
 from tests.support.skopeo import assert_dir_copy, skopeo_attempt
 from tests.support.store import blob_file, blobs_dir
+from tests.support.waits import wait_until
 
 HUB, GHCR, EXAMPLE = "docker.io", "ghcr.io", "registry.example.com"
 REGISTRIES = (HUB, GHCR, EXAMPLE)
@@ -379,12 +380,19 @@ def test_access_log_counts_manifest_body_bytes_whatever_the_namespace(multi: Mul
             resp = client.get(target, headers={"Accept": image.media_type})
             assert resp.status_code == 200, resp.text
             assert resp.content == image.manifest
-    log = multi.mirror.log()
-    logged = {
-        target: re.findall(rf'"GET {re.escape(target)} HTTP/1\.1" 200 (\d+) ', log)
-        for target in targets
-    }
-    assert logged == {target: [str(len(image.manifest))] for target in targets}, log
+
+    def logged() -> dict[str, list[str]]:
+        # A request's line is written once its response has left: wait for both.
+        log = multi.mirror.log()
+        return {
+            target: re.findall(rf'"GET {re.escape(target)} HTTP/1\.1" 200 (\d+) ', log)
+            for target in targets
+        }
+
+    wait_until(lambda: all(logged().values()), 10, interval=0.05)
+    assert logged() == {target: [str(len(image.manifest))] for target in targets}, (
+        multi.mirror.log()
+    )
 
 
 def test_a_digest_cached_for_one_registry_is_unknown_under_another(multi: Multi) -> None:
