@@ -3,8 +3,8 @@
 The fill runs as its own task, independent of the clients. What it receives is
 kept in memory until written: clients at the edge of the download (the first one,
 usually) take it from there at once, while the staged blob is written and hashed
-behind them in batches, one batch at a time on the store's thread, and committed
-only when digest and size match. A client that arrives late starts from the
+behind them in batches queued to the store (applied in order, several in flight),
+and committed only when digest and size match. A client that arrives late starts from the
 beginning of the staged file without a second download. The bytes not yet written
 are bounded per fill and for all fills together: past that, the download waits for
 the disk. If the fill fails, every follower's stream raises :class:`FillFailed` and
@@ -276,14 +276,13 @@ class BlobFill:
             write.result()
             self.written += size
             self._budget.used -= size
-        # The written chunks beyond the latest RECENT_BYTES leave memory.
-        retained = sum(len(c) for o, c in self._chunks if o + len(c) <= self.written)
-        while self._chunks and retained > RECENT_BYTES:
+        # The written chunks beyond the latest RECENT_BYTES leave memory (the chunks are
+        # contiguous: what memory holds of the written bytes starts at the first one).
+        while self._chunks:
             offset, chunk = self._chunks[0]
-            if offset + len(chunk) > self.written:
+            if offset + len(chunk) > self.written or self.written - offset <= RECENT_BYTES:
                 break
             self._chunks.popleft()
-            retained -= len(chunk)
 
     async def _stop_writing(self) -> None:
         """Let the writes in flight end (a failure among them is the fill's already)."""
