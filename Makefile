@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy
+DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy prometheus
 
 .PHONY: run test test-fast lint bench deps venv
 
