@@ -184,10 +184,19 @@ class Breaker:
         self.period = base
         self._probing = False
         self._reason = ""
+        # Wall-clock times (seconds since the epoch) of the last answer and the last
+        # failure, and what failed: for the health endpoints and the metrics.
+        self.last_success: float | None = None
+        self.last_failure: float | None = None
 
     @property
     def is_open(self) -> bool:
         return self.open_until is not None
+
+    @property
+    def last_error(self) -> str:
+        """Why the last failed request failed ("" before any failure)."""
+        return self._reason
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -222,6 +231,7 @@ class Breaker:
 
     def _failed(self, exc: UpstreamUnavailable, probe: bool) -> None:
         self.failures += 1
+        self.last_failure = time.time()
         self._reason = exc.message[:200]
         if probe:
             self._probing = False
@@ -238,6 +248,7 @@ class Breaker:
         )
 
     def _succeeded(self, probe: bool) -> None:
+        self.last_success = time.time()
         if self.open_until is not None and probe:
             log.warning("%s answers again", self.name)
         if probe or self.open_until is None:
