@@ -92,3 +92,21 @@ def test_a_continuation_is_verified_with_the_bytes_sent_before_it() -> None:
     body, error = asyncio.run(collect(bytes(corrupt)))
     assert error is not None and "hashed to" in str(error)
     assert len(body) < len(data) - sent  # the last bytes are never sent
+
+
+def test_a_range_is_cut_from_an_upstream_answer_that_ignored_the_range() -> None:
+    """A far range asked of upstream with ``Range: bytes=a-b``: an upstream (or a proxy
+    before it) that answers 200 with the whole blob is read up to ``a`` and cut at ``b``;
+    one that answers 206 from ``a`` gives the same bytes. The download is closed after."""
+    data = os.urandom(10_000)
+    digest = Digest.of(data)
+
+    async def collect(offset: int, start: int, end: int) -> tuple[bytes, bool]:
+        upstream = _Continuation(data, offset)
+        direct = DirectBlob(digest, upstream)  # type: ignore[arg-type]
+        body = b"".join([chunk async for chunk in direct.stream(start, end)])
+        return body, upstream.closed
+
+    for start, end in ((4_321, 4_321 + 100), (0, 1), (9_999, 10_000), (2_500, 7_777)):
+        assert asyncio.run(collect(0, start, end)) == (data[start:end], True)  # 200, whole
+        assert asyncio.run(collect(start, start, end)) == (data[start:end], True)  # 206
