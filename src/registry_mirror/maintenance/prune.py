@@ -115,11 +115,13 @@ async def plan_forget(
     planned = plan_eviction(snapshot, need=1 << 62, now=time.time(), only=only, sizes=sizes)
     busy = [d for d in planned.digests if d in in_use]
     planned.digests = [d for d in planned.digests if d not in in_use]
-    removal, kept = _still_used(snapshot, planned, [repo], sizes)
+    removal, _ = _still_used(snapshot, planned, [repo], sizes)
+    image = closure(snapshot, root)
+    # Kept: what of the image another image, repository or tag uses.
+    kept = len((image & set(snapshot.items)) - set(removal.digests) - set(busy))
     plan = PrunePlan(removal, [repo], kept=kept, busy=busy)
     # What the repository lets go of: this image's content it holds, but not what its
     # other images (other tags, manifests linked there) still hold.
-    image = closure(snapshot, root)
     holds = _held_by(snapshot, {repo})
     others: set[Digest] = set()
     for digest in holds - image:
