@@ -5,9 +5,12 @@ one upstream and several, and hostile input against the resource oracle."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,23 +330,56 @@ def test_several_upstreams(
             )
 
 
+@contextlib.contextmanager
+def slow_download(mirror: MirrorProcess, path: str) -> Iterator[socket.socket]:
+    """A GET whose client takes its bytes only when the test reads them: a small receive
+    buffer, so the server is still sending (the blob in use) until the test reads on."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # before connect
+    raw.settimeout(60)
+    raw.connect(("127.0.0.1", mirror.port))
+    conn = raw
+    if mirror.tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        conn = context.wrap_socket(raw)
+    credentials = base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
+    conn.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {mirror.host}\r\n"
+        f"Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n".encode()
+    )
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def read_body(conn: socket.socket, first: bytes) -> bytes:
+    """The rest of a ``Connection: close`` response after ``first`` (headers included)."""
+    data = bytearray(first)
+    while chunk := conn.recv(1 << 16):
+        data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return body
+
+
 def test_forget_while_a_client_downloads(
     admin_mirror: MirrorProcess, upstream: RegistryProcess, proxy: FaultyProxy
 ) -> None:
     """The layer being sent stays (in use); the client gets all of it, verified."""
-    image = push_image(upstream.url, "library/big", "1", layers=[32 << 20], seed=6)
+    image = push_image(upstream.url, "library/big", "1", layers=[16 << 20], seed=6)
     layer = image.layer_digests[0]
     with session(admin_mirror) as admin:
         pull(admin, image)
-        with admin.stream("GET", f"/v2/library/big/blobs/{layer}") as download:
-            chunks = download.iter_bytes(1 << 20)
-            hasher = hashlib.sha256(next(chunks))  # the transfer has started, then pauses
+        complete(admin, "big:1")  # indexed: a forget now sees the layer
+        with slow_download(admin_mirror, f"/v2/library/big/blobs/{layer}") as download:
+            first = download.recv(1 << 16)  # the transfer has started, then waits for us
             with session(admin_mirror) as other:
                 gone = forget(other, "big:1")
-            for chunk in chunks:
-                hasher.update(chunk)
-        assert f"sha256:{hasher.hexdigest()}" == layer
-        assert gone["in_use"] == 1 and gone["images"] == 1
+            body = read_body(download, first)
+        assert f"sha256:{hashlib.sha256(body).hexdigest()}" == layer
+        assert gone["in_use"] == 1 and gone["images"] == 1, json.dumps(gone)
         assert gone["files"] == 2  # the manifest and the config; the layer was in use
         assert blob_file(admin_mirror.root, layer).exists()
         proxy.clear_log()

@@ -101,6 +101,7 @@ def test_inspect_refresh_forget_beside_the_server(
 
     # Forget beside the server: gone for its next pull, which asks upstream again.
     pull(mirror, second)
+    wait_until(lambda: admin(mirror, proxy.url, "inspect", "app:1").returncode == 0, timeout=15)
     gone = admin(mirror, proxy.url, "forget", "app:1")
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert "untagged library/app:1" in gone.stdout
