@@ -20,9 +20,12 @@ from registry_mirror.api import (
     root_middleware,
 )
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy
+from registry_mirror.api.admin import ADMIN_KEY, ADMIN_PREFIX, admin_api
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
 from registry_mirror.index import Index
+from registry_mirror.maintenance.admin import AdminActions
+from registry_mirror.maintenance.cache import Cache
 from registry_mirror.mirror import Evictor, Mirror, Pins, Router, StorageLimits, UpstreamEntry
 from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, Staging
@@ -55,6 +58,7 @@ def create_app(
     app[ACCESS_KEY] = policy = AccessPolicy(settings)
     app.on_cleanup.append(policy.close)
     api = registry_api(settings, policy)
+    admin = admin_api(settings.auth.admins, policy)  # None: no admins, no endpoints
     root = settings.root
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -86,9 +90,17 @@ def create_app(
                 sessions = Sessions.create(USER_AGENT)
                 stack.push_async_callback(sessions.close)
                 routes = build_router(settings, sessions)
-            api[MIRROR_KEY] = await stack.enter_async_context(
+            api[MIRROR_KEY] = mirror = await stack.enter_async_context(
                 _running_mirror(settings, blobs, opened, routes)
             )
+            if admin is not None:
+                admin[ADMIN_KEY] = AdminActions(
+                    Cache.opened(settings, blobs, opened),
+                    routes,
+                    mirror.manifests,
+                    in_use=mirror.in_use,
+                    on_removed=mirror.removed,
+                )
             reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
             stack.push_async_callback(asyncio.to_thread, reactor.close)
             api[SENDFILE_KEY] = reactor
@@ -99,6 +111,8 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.add_subapp(API_PREFIX, api)
+    if admin is not None:
+        app.add_subapp(ADMIN_PREFIX, admin)
     return app
 
 

@@ -282,6 +282,29 @@ async def test_touch_is_buffered_until_flush(index: IndexHarness) -> None:
         assert (await ix.snapshot()).items[OTHER].hits == 1
 
 
+async def test_items_of_a_few_digests_with_their_buffered_use(index: IndexHarness) -> None:
+    ix = index.index
+    await image(ix, "r/a")
+    await ix.flush()
+    stored = (await ix.snapshot()).items
+    missing = Digest.of(b"not in the index")
+    found = await ix.items([MANIFEST, LAYER, missing])
+    assert set(found) == {MANIFEST, LAYER}  # what has no row is left out
+    assert found[MANIFEST] == stored[MANIFEST]
+    assert found[MANIFEST].media_type == OCI_MANIFEST
+    assert found[LAYER].media_type is None
+    assert found[LAYER].size == stored[LAYER].size
+    await asyncio.sleep(0.01)
+    ix.touch(LAYER)
+    ix.touch(LAYER)
+    touched = (await ix.items([LAYER]))[LAYER]  # buffered, counted without a write
+    assert touched.hits == stored[LAYER].hits + 2
+    assert touched.last_access > stored[LAYER].last_access
+    async with another_handle(index) as other:
+        assert (await other.items([LAYER]))[LAYER].hits == stored[LAYER].hits
+    assert await ix.items([]) == {}
+
+
 async def test_close_writes_the_buffered_last_uses(index: IndexHarness) -> None:
     ix = index.index
     await ix.put_blob("r/a", LAYER, 5)

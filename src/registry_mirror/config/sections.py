@@ -167,6 +167,9 @@ class AuthSettings(Section):
     # Repositories readable without logging in when htpasswd is set, as globs over
     # registry/repository: "docker.io/*", "ghcr.io/public-org/*".
     anonymous: CommaList = []
+    # Users of the htpasswd file who may use the admin actions (/admin/...): inspect,
+    # refresh and forget cached images. Empty: the admin endpoints do not exist.
+    admins: CommaList = []
 
 
 class AccessSettings(Section):

@@ -61,6 +61,10 @@ class Settings(Section):
                 raise ValueError(f"access: invalid network {network!r} (CIDR)") from None
         if self.auth.anonymous and self.auth.htpasswd.path is None:
             raise ValueError("auth.anonymous: only meaningful with auth.htpasswd.path")
+        if self.auth.admins and self.auth.htpasswd.path is None:
+            raise ValueError(
+                "auth.admins: admins log in with the htpasswd file: set auth.htpasswd.path"
+            )
         return self._names_unique()
 
     def _names_unique(self) -> Settings:

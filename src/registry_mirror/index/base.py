@@ -15,6 +15,7 @@ __all__ = [
     "Index",
     "IndexFailure",
     "ManifestRecord",
+    "with_buffered",
 ]
 
 
@@ -100,6 +101,11 @@ class Index(Protocol):
 
     async def snapshot(self) -> CacheSnapshot: ...
 
+    async def items(self, digests: list[Digest]) -> dict[Digest, CacheItem]:
+        """The rows of those of ``digests`` the index has (a few, unlike
+        :meth:`snapshot`), last use and hits including the buffered ones."""
+        ...
+
     async def remove(self, digests: list[Digest]) -> None:
         """Forget content: rows, references, tags pointing at it, empty repositories."""
         ...
@@ -139,6 +145,27 @@ class Index(Protocol):
     async def flush(self) -> None:
         """Write buffered last-use updates."""
         ...
+
+
+def with_buffered(
+    items: dict[Digest, CacheItem], touched: dict[Digest, tuple[float, int]]
+) -> dict[Digest, CacheItem]:
+    """Rows read from an index with its buffered last uses (``touch``, not flushed yet)
+    counted in."""
+    result = dict(items)
+    for digest, item in items.items():
+        buffered = touched.get(digest)
+        if buffered is not None:
+            last, hits = buffered
+            result[digest] = CacheItem(
+                digest,
+                item.size,
+                item.created_at,
+                max(item.last_access, last),
+                item.hits + hits,
+                item.media_type,
+            )
+    return result
 
 
 class GenerationWatch:

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from registry_mirror.index.base import (
+    CacheItem,
     CacheSnapshot,
     GenerationWatch,
     IndexFailure,
     ManifestRecord,
+    with_buffered,
 )
 from registry_mirror.index.statements import (
     MAX_LINKED,
@@ -310,6 +312,25 @@ class SQLiteIndex:
         await self.flush()
 
         return await self._run(read_snapshot)
+
+    async def items(self, digests: list[Digest]) -> dict[Digest, CacheItem]:
+        def get(db: sqlite3.Connection) -> dict[Digest, CacheItem]:
+            found: dict[Digest, CacheItem] = {}
+            for digest in digests:
+                row = db.execute(
+                    "SELECT b.size, b.created_at, b.last_access, b.hits, m.media_type"
+                    " FROM blobs b LEFT JOIN manifests m ON m.digest = b.digest"
+                    " WHERE b.digest = ?",
+                    (str(digest),),
+                ).fetchone()
+                if row is not None:
+                    size, created, last, hits, media_type = row
+                    found[digest] = CacheItem(
+                        digest, int(size), float(created), float(last), int(hits), media_type
+                    )
+            return found
+
+        return with_buffered(await self._run(get), self._touched)
 
     async def remove(self, digests: list[Digest]) -> None:
         if not digests:

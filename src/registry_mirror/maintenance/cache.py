@@ -32,6 +32,14 @@ class Cache:
         self.root = settings.root
         self._opened = contextlib.AsyncExitStack()
 
+    @classmethod
+    def opened(cls, settings: Settings, store: BlobStore, index: Index) -> Cache:
+        """The cache of a running server, over its own open store and index (closed by
+        the server, not here): the admin actions use the commands' code in the server."""
+        cache = cls(settings)
+        cache.store, cache.index = store, index
+        return cache
+
     async def __aenter__(self) -> Cache:
         if not await asyncio.to_thread(cache_exists, self.root):
             raise CacheMissing(f"no registry-mirror cache at {self.root} (no index.db and blobs/)")
@@ -48,9 +56,7 @@ class Cache:
     async def removing(self) -> AsyncIterator[Callable[[], Awaitable[None]]]:
         """Hold the operators' lock; yields ``changed()``, to call after each removal."""
 
-        async def changed() -> None:
-            await asyncio.to_thread(bump_generation, self.root)
-
+        changed = self.changed
         lock = operator_lock(self.root)
         await asyncio.to_thread(lock.__enter__)
         try:
@@ -59,3 +65,8 @@ class Cache:
         finally:
             await changed()
             await asyncio.to_thread(lock.__exit__, None, None, None)
+
+    async def changed(self) -> None:
+        """Tell a server on this root to forget what it remembers of the index (tags,
+        manifest bodies, links): a change made here is what it sees next."""
+        await asyncio.to_thread(bump_generation, self.root)

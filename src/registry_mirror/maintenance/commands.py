@@ -1,4 +1,5 @@
-"""The operator commands: ``ls``, ``du``, ``prune``, ``verify``, ``warm``.
+"""The operator commands: ``ls``, ``du``, ``prune``, ``verify``, ``warm``, and the admin
+actions ``inspect``, ``refresh``, ``forget`` (their own module, ``admin_commands``).
 
 Thin shells over the operations of :mod:`registry_mirror.maintenance`: arguments in, a
 table (or JSON) out, an exit status that scripts can use.
@@ -8,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import uvloop
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -31,19 +29,21 @@ from rich.table import Table
 from registry_mirror import maintenance as ops
 from registry_mirror.config import Settings, parse_duration, parse_size
 from registry_mirror.index import IndexFailure
+from registry_mirror.maintenance import admin_commands
+from registry_mirror.maintenance.console import err, human_size, local_time, out, run_async
 from registry_mirror.media_types import Platform
 from registry_mirror.reference import Digest
 from registry_mirror.storage import StorageError
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
-COMMANDS: Final = ("ls", "du", "prune", "verify", "warm")
+COMMANDS: Final = ("ls", "du", "prune", "verify", "warm", *admin_commands.ADMIN_COMMANDS)
 
 T = TypeVar("T")
 
-# Piped output is read by scripts and people alike: never wrap names in tables there.
-out = Console() if sys.stdout.isatty() else Console(width=240)
-err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
+_run = run_async
+_size = human_size
+_when = local_time
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -87,10 +87,18 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="verify the mirror's certificate (default: yes)",
     )
     warm.add_argument("--ca-cert", type=Path, metavar="FILE", help="CA certificate(s), PEM")
+    admin_commands.add_admin_commands(commands, common)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    handlers = {"ls": _ls, "du": _du, "prune": _prune, "verify": _verify, "warm": _warm}
+    handlers = {
+        "ls": _ls,
+        "du": _du,
+        "prune": _prune,
+        "verify": _verify,
+        "warm": _warm,
+        **dict.fromkeys(admin_commands.ADMIN_COMMANDS, admin_commands.run_admin),
+    }
     try:
         return handlers[args.command](args, settings)
     except ops.CacheMissing as exc:
@@ -107,31 +115,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return uvloop.run(coro)
-
-
-def _when(ts: float) -> str:
-    if not ts:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
 def _record(row: ops.RepoTag | ops.Problem) -> dict[str, object]:
     """A row for ``--json``: its fields in order, a digest as its text."""
     fields = ((field.name, getattr(row, field.name)) for field in dataclasses.fields(row))
     return {name: str(value) if isinstance(value, Digest) else value for name, value in fields}
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
 
 
 def _ls(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 from registry_mirror.index import CacheSnapshot
@@ -13,7 +14,15 @@ from registry_mirror.mirror.eviction import EvictionPlan, plan_eviction, used_by
 from registry_mirror.reference import Digest
 from registry_mirror.storage import sizes_on_disk
 
-__all__ = ["NothingMatches", "PrunePlan", "PruneResult", "plan_prune", "prune"]
+__all__ = [
+    "NothingMatches",
+    "PrunePlan",
+    "PruneResult",
+    "apply_prune",
+    "plan_forget",
+    "plan_prune",
+    "prune",
+]
 
 
 class NothingMatches(Exception):
@@ -30,6 +39,7 @@ class PrunePlan:
     unlink: list[Digest] = field(default_factory=list)  # what those repositories let go of
     kept: int = 0  # planned files kept because another repository or image uses them
     names: dict[Digest, list[str]] = field(default_factory=dict)  # image → repo:tag
+    busy: list[Digest] = field(default_factory=list)  # kept: being served or written
 
     def __bool__(self) -> bool:
         return bool(self.removal.digests or self.unlink)
@@ -90,6 +100,40 @@ async def plan_prune(
     return plan
 
 
+async def plan_forget(
+    cache: Cache, repo: str, root: Digest, *, in_use: Collection[Digest] = ()
+) -> PrunePlan:
+    """What forgetting the image ``root`` of the repository ``repo`` (cache key)
+    removes: as :func:`plan_prune` of that repository, limited to that one image. What
+    another image or repository uses stays (``repo`` only lets go of it: its tags and
+    links), and so does what is ``in_use`` (being served or written)."""
+    snapshot = await cache.index.snapshot()
+    cached = {r for r, _, _ in snapshot.tags} | set(snapshot.content)
+    elsewhere = _held_by(snapshot, cached - {repo})
+    only = lambda image: image.root == root and root not in elsewhere  # noqa: E731
+    sizes = await sizes_on_disk(cache.store, list(closure(snapshot, root) & set(snapshot.items)))
+    planned = plan_eviction(snapshot, need=1 << 62, now=time.time(), only=only, sizes=sizes)
+    busy = [d for d in planned.digests if d in in_use]
+    planned.digests = [d for d in planned.digests if d not in in_use]
+    removal, _ = _still_used(snapshot, planned, [repo], sizes)
+    image = closure(snapshot, root)
+    # Kept: what of the image another image, repository or tag uses.
+    kept = len((image & set(snapshot.items)) - set(removal.digests) - set(busy))
+    plan = PrunePlan(removal, [repo], kept=kept, busy=busy)
+    # What the repository lets go of: this image's content it holds, but not what its
+    # other images (other tags, manifests linked there) still hold.
+    holds = _held_by(snapshot, {repo})
+    others: set[Digest] = set()
+    for digest in holds - image:
+        item = snapshot.items.get(digest)
+        if item is not None and item.media_type is not None:
+            others |= closure(snapshot, digest)
+    held = (image & (holds | {root})) - others
+    plan.unlink = sorted(held - set(removal.digests), key=str)
+    plan.names[root] = [f"{r}:{t}" for r, t, d in snapshot.tags if r == repo and d == root]
+    return plan
+
+
 def _held_by(snapshot: CacheSnapshot, repos: set[str]) -> set[Digest]:
     held = {digest for repo, _, digest in snapshot.tags if repo in repos}
     for repo in repos:
@@ -143,28 +187,42 @@ class PruneResult:
 async def prune(cache: Cache, plan: PrunePlan, *, batch: int = 50) -> PruneResult:
     """Carry out a plan beside a live server: small index transactions, each re-checking
     inside that nothing uses the content now, then the files of what really went."""
+    async with cache.removing() as changed:
+        result, _ = await apply_prune(cache, plan, changed, batch=batch)
+    return result
+
+
+async def apply_prune(
+    cache: Cache,
+    plan: PrunePlan,
+    changed: Callable[[], Awaitable[None]],
+    *,
+    batch: int = 50,
+) -> tuple[PruneResult, list[Digest]]:
+    """:func:`prune`'s work, inside ``cache.removing()`` (``changed`` is what it
+    yields); also returns the digests removed."""
     removed_files = freed = 0
     gone: list[Digest] = []
-    async with cache.removing() as changed:
-        digests = plan.removal.digests
-        for start in range(0, len(digests), batch):
-            chunk = digests[start : start + batch]
-            removed = await cache.index.remove_unused(chunk, scope=plan.scope)
+    digests = plan.removal.digests
+    for start in range(0, len(digests), batch):
+        chunk = digests[start : start + batch]
+        removed = await cache.index.remove_unused(chunk, scope=plan.scope)
+        await changed()
+        sizes = await sizes_on_disk(cache.store, removed)
+        for digest in removed:
+            if await cache.store.delete(digest):
+                removed_files += 1
+                freed += sizes.get(digest, 0)
+        gone += removed
+    if plan.scope is not None and plan.unlink:
+        for start in range(0, len(plan.unlink), batch):
+            await cache.index.unlink(plan.scope, plan.unlink[start : start + batch])
             await changed()
-            sizes = await sizes_on_disk(cache.store, removed)
-            for digest in removed:
-                if await cache.store.delete(digest):
-                    removed_files += 1
-                    freed += sizes.get(digest, 0)
-            gone += removed
-        if plan.scope is not None and plan.unlink:
-            for start in range(0, len(plan.unlink), batch):
-                await cache.index.unlink(plan.scope, plan.unlink[start : start + batch])
-                await changed()
     went = set(gone)
-    return PruneResult(
+    result = PruneResult(
         images=sum(1 for root in plan.removal.images if root in went),
         files=removed_files,
         freed=freed,
         kept=len(plan.removal.digests) - len(gone),
     )
+    return result, gone

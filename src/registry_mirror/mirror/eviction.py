@@ -211,6 +211,10 @@ class Evictor:
         if self.limits.quota is not None and self.used > self.limits.quota:
             self._wake.set()
 
+    def released(self, nbytes: int) -> None:
+        """``nbytes`` on disk were freed by someone else (an admin action)."""
+        self.used = max(0, self.used - nbytes)
+
     async def _loop(self) -> None:
         interval = CHECK_INTERVAL
         if self.limits.max_idle is not None:

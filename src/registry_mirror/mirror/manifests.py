@@ -36,7 +36,14 @@ from registry_mirror.upstream import (
     UpstreamUnavailable,
 )
 
-__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestMemory", "ManifestUnacceptable", "Manifests"]
+__all__ = [
+    "MAX_MANIFEST_SIZE",
+    "Manifest",
+    "ManifestMemory",
+    "ManifestUnacceptable",
+    "Manifests",
+    "Refreshed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,16 @@ class Manifest:
     size: int
     body: bytes | None  # None for a HEAD answered from upstream headers alone
     stale: bool = False  # served from cache because upstream could not be asked
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """A tag revalidated on demand: what it named before, what it names now, and the
+    manifests that had to be fetched for it (the index's children included)."""
+
+    old: Digest | None
+    new: Manifest
+    fetched: list[Digest]
 
 
 class ManifestUnacceptable(Exception):
@@ -169,6 +186,37 @@ class Manifests:
         if served.digest != manifest.digest:
             self.index.touch(manifest.digest)
         return served
+
+    async def refresh(self, route: Route, tag: str) -> Refreshed:
+        """Revalidate ``tag`` with upstream now, whatever is cached: the manifest it names
+        (and, for an index, every child manifest) fetched unless cached, then the tag set.
+        Upstream errors are raised as they are (never a stale answer), and the tag is only
+        moved once everything it names is stored: a failure leaves it as it was."""
+        key = (route.key, tag)
+        old = await self.index.get_tag(route.key, tag)
+        info = await route.upstream.head_manifest(route.repo, tag)
+        fetched: list[Digest] = []
+        if info.digest is None or await self._cached_manifest(info.digest) is None:
+            reference = tag if info.digest is None else str(info.digest)
+            manifest = await self._fetch_manifest(route, reference, info.digest, tag=None)
+            fetched.append(manifest.digest)
+        else:
+            manifest = await self._by_digest(route, info.digest)
+        if manifest.media_type in INDEX_TYPES and manifest.body is not None:
+            try:
+                children = parse_manifest(manifest.body, manifest.media_type).references
+            except ManifestParseError as exc:
+                raise UpstreamProtocolError(f"index {route}@{manifest.digest}: {exc}") from exc
+            for child in children:
+                if await self._cached_manifest(child) is None:
+                    fetched.append(child)
+                await self._by_digest(route, child)
+        if await self.index.get_manifest(manifest.digest) is None:
+            raise StorageError(f"manifest {route}@{manifest.digest} could not be stored")
+        self._pending_tags.pop(key, None)  # an older HEAD's answer must not come back
+        await self._presence.ensure_linked(route, manifest.digest)
+        await self.index.set_tag(route.key, tag, manifest.digest)
+        return Refreshed(old, manifest, fetched)
 
     async def _by_tag(self, route: Route, tag: str, accept: Accept, need_body: bool) -> Manifest:
         """Revalidate the tag with upstream; if upstream cannot answer (down, timing out,

@@ -41,6 +41,7 @@ class Mirror:
         self.index = index
         self.router = router
         self._pins = pins
+        self._evictor = evictor
         guard = StorageGuard()
         self._links = RepoLinks(index)
         presence = Presence(self._links, guard)
@@ -83,6 +84,16 @@ class Mirror:
     def _evicted(self, digests: list[Digest]) -> None:
         self.manifests.forget(digests)
         self._links.forget(digests)
+
+    def removed(self, digests: list[Digest], freed: int) -> None:
+        """Content was removed on an operator's demand (an admin action): forgotten as an
+        eviction is, its ``freed`` bytes on disk no longer counted against the quota."""
+        self._evicted(digests)
+        self._evictor.released(freed)
+
+    def in_use(self) -> list[Digest]:
+        """The digests being served or written now (pinned): never removed under a client."""
+        return self._pins.pinned()
 
     def route(self, name: RepoName, namespace: str | None = None) -> Route:
         """Which upstream and repository a client's name means (see :mod:`routing`)."""

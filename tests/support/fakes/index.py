@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from registry_mirror.index import CacheItem, CacheSnapshot, IndexFailure, ManifestRecord
+from registry_mirror.index.base import with_buffered
 from registry_mirror.index.statements import MAX_LINKED
 from registry_mirror.reference import Digest
 
@@ -217,6 +218,23 @@ class MemoryIndex:
             [(repo, tag, digest) for (repo, tag), digest in sorted(tables.tags.items())],
             {repo: set(linked) for repo, linked in tables.content.items() if linked},
         )
+
+    async def items(self, digests: list[Digest]) -> dict[Digest, CacheItem]:
+        tables = await self._ready()
+        found = {}
+        for digest in digests:
+            row = tables.blobs.get(digest)
+            if row is not None:
+                manifest = tables.manifests.get(digest)
+                found[digest] = CacheItem(
+                    digest,
+                    row.size,
+                    row.created_at,
+                    row.last_access,
+                    row.hits,
+                    manifest[0] if manifest else None,
+                )
+        return with_buffered(found, self._touched)
 
     async def remove(self, digests: list[Digest]) -> None:
         if not digests:
