@@ -22,6 +22,7 @@ from registry_mirror.api import (
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
+from registry_mirror.health import HEALTH_KEY, Health, add_health_routes
 from registry_mirror.index import Index
 from registry_mirror.mirror import Evictor, Mirror, Pins, Router, StorageLimits, UpstreamEntry
 from registry_mirror.rootlock import RootLock
@@ -54,6 +55,8 @@ def create_app(
     )
     app[ACCESS_KEY] = policy = AccessPolicy(settings)
     app.on_cleanup.append(policy.close)
+    app[HEALTH_KEY] = health = Health(settings)
+    add_health_routes(app)
     api = registry_api(settings, policy)
     root = settings.root
 
@@ -86,14 +89,25 @@ def create_app(
                 sessions = Sessions.create(USER_AGENT)
                 stack.push_async_callback(sessions.close)
                 routes = build_router(settings, sessions)
-            api[MIRROR_KEY] = await stack.enter_async_context(
+            mirror = await stack.enter_async_context(
                 _running_mirror(settings, blobs, opened, routes)
             )
+            api[MIRROR_KEY] = mirror
             reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
             stack.push_async_callback(asyncio.to_thread, reactor.close)
             api[SENDFILE_KEY] = reactor
             flusher = asyncio.create_task(_flush_forever(opened))
             stack.push_async_callback(_cancel, flusher)
+            # The checks last: stopped first, before what they look at closes.
+            await stack.enter_async_context(
+                health.running(
+                    blobs,
+                    opened,
+                    routes,
+                    recovering=lambda: mirror.recovering,
+                    downloads=mirror.downloads,
+                )
+            )
             _log_start(settings, routes)
             yield
 
