@@ -19,10 +19,14 @@ from aiohttp.test_utils import TestServer
 from registry_mirror.health import HEALTH_KEY
 from registry_mirror.index import IndexFailure
 from registry_mirror.storage import StorageError
-from tests.inprocess.harness import InProcessMirror, ObservedStore, StartMirror, error_codes
-from tests.inprocess.harness import write_htpasswd
+from tests.inprocess.harness import (
+    InProcessMirror,
+    ObservedStore,
+    StartMirror,
+    error_codes,
+    write_htpasswd,
+)
 from tests.support.fakes import FakeUpstream
-from tests.support.waits import wait_until_async
 
 PROBES: Final = ("/livez", "/readyz", "/startupz", "/debug/health")
 FAST: Final = {"health.storagedriver.interval": "0.05", "health.storagedriver.threshold": 1}
@@ -40,9 +44,13 @@ def readiness(m: InProcessMirror, status: int) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+async def until(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a bound on the polling, as wait_until's
+) -> None:
+    """Poll an HTTP question until it answers yes (the checks run every 50 ms here)."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - answered over HTTP, no event
             await asyncio.sleep(0.02)
 
 
@@ -125,6 +133,7 @@ async def test_a_failing_store_or_index_is_not_ready_and_says_why(
             patch.setattr(m.index, "ping", broken)
             await until(readiness(m, 503))
             status, body = await text(m, "/readyz")
+            assert status == 503
             assert "[-]index failed: the index does not answer: " in body
             assert "disk I/O error" in body
         await until(readiness(m, 200))
@@ -168,6 +177,7 @@ async def test_health_file_takes_the_mirror_out_of_service(
         switch.touch()
         await until(readiness(m, 503))
         status, body = await text(m, "/readyz")
+        assert status == 503
         assert f"[-]{switch} failed: {switch} exists" in body
         assert (await (await m.client.get("/debug/health")).json()) == {
             str(switch): f"{switch} exists"
@@ -230,7 +240,7 @@ async def test_draining_is_not_ready_but_alive(
 ) -> None:
     async with start_mirror(upstream) as m:
         await until(readiness(m, 200))
-        m.client.app[HEALTH_KEY].drain()  # type: ignore[index]
+        m.client.app[HEALTH_KEY].drain()
         status, body = await text(m, "/readyz")
         assert status == 503
         assert body == "[-]draining failed: shutting down\nreadyz check failed\n"
