@@ -222,9 +222,9 @@ def test_the_readiness_free_space_threshold_stays_below_eviction() -> None:
     assert settings.readiness_min_free == 50 * 2**20  # half of it, when below 100 MB
     settings, _ = load_settings(environ={}, flags={"health.min_free": "0"})
     assert settings.readiness_min_free == 0  # no free-space check
-    with pytest.raises(ConfigError, match="health.min_free .* must be below storage.min_free"):
+    with pytest.raises(ConfigError, match=r"health\.min_free .* must be below storage\.min_free"):
         load_settings(environ={}, flags={"storage.min_free": "1GiB", "health.min_free": "2GiB"})
-    with pytest.raises(ConfigError, match="health.tcp: invalid address"):
+    with pytest.raises(ConfigError, match=r"health\.tcp: invalid address"):
         load_settings(environ={}, flags={"health.tcp": '[{"addr": "no-port"}]'})
-    with pytest.raises(ConfigError, match="health.http.0.uri"):
+    with pytest.raises(ConfigError, match=r"health\.http\.0\.uri"):
         load_settings(environ={}, flags={"health.http": '[{"uri": "ftp://x/ping"}]'})
