@@ -40,6 +40,8 @@ __all__ = ["main"]
 log = logging.getLogger("registry_mirror")
 
 # Short spellings of the most used settings.
+SECOND_SIGNAL_AFTER: Final = 1.0  # seconds
+
 ALIASES = {
     "http.addr": ["--addr"],
     "proxy.remoteurl": ["--upstream"],
@@ -379,13 +381,17 @@ async def _serve(settings: Settings) -> None:
         log.info("listening on %s%s", settings.http.addr, " (TLS)" if tls else "")
         _exposure_warning(settings, host)
         stop, cut = asyncio.Event(), asyncio.Event()
-        received: list[str] = []
+        received: list[tuple[str, float]] = []
         loop = asyncio.get_running_loop()
 
         def terminate(sig: signal.Signals) -> None:
-            received.append(sig.name)
-            if stop.is_set():
-                cut.set()  # a second signal: no more waiting
+            # A second signal cuts the drain short; one within a second of the first is
+            # not counted: uvloop may hand the same signal over twice.
+            if received and loop.time() - received[0][1] >= SECOND_SIGNAL_AFTER:
+                log.warning("%s again: cutting the drain short", sig.name)
+                cut.set()
+            elif not received:
+                received.append((sig.name, loop.time()))
             stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -399,7 +405,7 @@ async def _serve(settings: Settings) -> None:
 
         loop.add_signal_handler(signal.SIGHUP, hangup)
         await stop.wait()
-        await _drain(app, runner, settings.http.draintimeout, received[0], cut)
+        await _drain(app, runner, settings.http.draintimeout, received[0][0], cut)
     finally:
         await runner.cleanup()
     log.info("stopped")
@@ -408,23 +414,11 @@ async def _serve(settings: Settings) -> None:
 async def _drain(
     app: web.Application, runner: RegistryRunner, grace: float, signal_name: str, cut: asyncio.Event
 ) -> None:
-    """Not ready at once, then the runner's drain; what it did, logged."""
+    """Not ready at once, then the runner's drain (which logs what it did)."""
     health = app[HEALTH_KEY]
     health.drain()
-    log.info("%s: shutting down (a second signal cuts what is under way)", signal_name)
-    drained = await runner.drain(grace, health.downloads, cut)
-    if drained.cut or drained.downloads_left:
-        log.warning(
-            "drain %s: %d of %d requests finished, %d connections cut, %d upstream"
-            " downloads discarded",
-            "cut short" if cut.is_set() else f"grace period of {grace:g}s over",
-            drained.finished,
-            drained.busy,
-            drained.cut,
-            drained.downloads_left,
-        )
-    else:
-        log.info("drained: %d requests finished", drained.finished)
+    log.info("%s: shutting down (another signal cuts what is under way)", signal_name)
+    await runner.drain(grace, health.downloads, cut)
 
 
 if __name__ == "__main__":

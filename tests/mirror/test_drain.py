@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def start_downloads(url: str, path: str) -> tuple[list[Download], list[threading
 
 
 def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
-    """A connection with a request begun (its headers not finished), the bytes read by
-    the server, so the server holds a request it has not yet been able to answer."""
+    """A kept-alive connection with a request begun (its headers not finished), the
+    bytes read by the server, so the server holds a request it cannot answer yet."""
     raw = socket.create_connection(("127.0.0.1", mirror.port), timeout=30)
     conn: socket.socket = raw
     client_port = raw.getsockname()[1]
@@ -87,6 +88,16 @@ def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    # One whole request first: the connection is then established on the server's side
+    # (TLS handshake done, its protocol made), so what comes next is read straight
+    # into it.
+    conn.sendall(b"GET /livez HTTP/1.1\r\nHost: mirror\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"\r\n\r\nok\n"):
+        chunk = conn.recv(4096)
+        assert chunk, "the connection closed before /livez was answered"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
     conn.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n".encode())
     wait_until(lambda: unread_bytes(mirror.port, client_port) == 0, message="bytes not read")
     return conn
@@ -166,7 +177,7 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
     log = mirror.log(mark)
     assert f"draining: {CLIENTS + 1} connections with a request under way" in log
     assert f"drained: {CLIENTS + 1} requests finished" in log
-    assert "cut" not in log.replace("cuts what", "")
+    assert "connections cut" not in log and "cutting the drain short" not in log
     assert_log_quiet(log)
     # The download finished within the drain: committed, whole, indexed.
     assert blob_file(mirror.root, digest).read_bytes() == data
@@ -201,5 +212,35 @@ def test_the_grace_period_over_cuts_what_is_left_and_keeps_nothing_partial(
     ), log
     assert_log_quiet(log)
     assert not blob_file(mirror.root, digest).exists()
+    assert_nothing_partial(mirror.root, digest, data)
+    gate.release()
+
+
+def test_a_second_signal_cuts_the_drain_short(
+    upstream: RegistryProcess, proxy: FaultyProxy, mirror_factory: MirrorFactory
+) -> None:
+    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=23)
+    digest = image.layer_digests[0]
+    data = image.blobs[digest]
+    mirror = mirror_factory(proxy.url, args=["--http-draintimeout", "5m"])
+    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
+    path = f"/v2/{image.repo}/blobs/{digest}"
+
+    downloads, threads = start_downloads(mirror.url, path)
+    gate.wait_reached()
+    mark = mirror.log_size()
+    mirror.signal(signal.SIGINT)
+    wait_until(lambda: "draining: " in mirror.log(mark), message=mirror.log)
+    time.sleep(1.2)  # a signal within a second of the first is taken as the same one
+    mirror.signal(signal.SIGTERM)
+    assert mirror.wait_exit() == 0  # long before the five minutes
+    for thread in threads:
+        thread.join(60)
+    assert all(d.error is not None and d.received < len(data) for d in downloads)
+    log = mirror.log(mark)
+    assert "SIGINT: shutting down" in log
+    assert "SIGTERM again: cutting the drain short" in log
+    assert f"drain cut short: 0 of {CLIENTS} requests finished, {CLIENTS} connections cut" in log
+    assert_log_quiet(log)
     assert_nothing_partial(mirror.root, digest, data)
     gate.release()

@@ -116,7 +116,8 @@ class RegistryRunner(web.AppRunner):
     ) -> Drained:
         """Stop listening, then wait (up to ``grace`` seconds, or until ``cut`` is set)
         for the requests under way and the ``downloads`` to finish, closing each
-        connection as it becomes idle; cut what is left. :meth:`cleanup` after."""
+        connection as it becomes idle; cut what is left, and log how it went.
+        :meth:`cleanup` after."""
         for site in list(self.sites):
             await site.stop()  # the listening sockets close: new connections are refused
         server = self.server
@@ -134,8 +135,10 @@ class RegistryRunner(web.AppRunner):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while True:
-            left = self._close_idle(server)
-            if (not left and not downloads()) or cut.is_set() or loop.time() >= deadline:
+            self._close_idle(server)
+            if not server.connections and not downloads():
+                break  # every answer delivered: its connection closed once flushed
+            if cut.is_set() or loop.time() >= deadline:
                 break
             try:
                 async with asyncio.timeout(DRAIN_POLL):
@@ -143,23 +146,47 @@ class RegistryRunner(web.AppRunner):
             except TimeoutError:
                 pass  # look again
         remaining = server.connections
-        for handler in remaining:
-            handler.force_close()
-        cut_busy = sum(1 for h in busy if h in remaining)
-        return Drained(len(busy), len(busy) - cut_busy, len(remaining), downloads())
+        still_busy = [h for h in remaining if isinstance(h, _RegistryRequestHandler) and h.busy]
+        for handler in remaining:  # at once, what is still buffered for it dropped
+            _abort(handler)
+        cut_busy = sum(1 for h in busy if h in still_busy)
+        drained = Drained(len(busy), len(busy) - cut_busy, len(still_busy), downloads())
+        if drained.cut or drained.downloads_left:
+            log.warning(
+                "drain %s: %d of %d requests finished, %d connections cut, %d upstream"
+                " downloads discarded",
+                "cut short" if cut.is_set() else f"grace period of {grace:g}s over",
+                drained.finished,
+                drained.busy,
+                drained.cut,
+                drained.downloads_left,
+            )
+        else:
+            log.info("drained: %d requests finished", drained.finished)
+        if len(remaining) > len(still_busy):
+            log.info(
+                "%d connections whose answers were sent closed at the end of the drain"
+                " (their clients had not closed them)",
+                len(remaining) - len(still_busy),
+            )
+        return drained
 
     @staticmethod
-    def _close_idle(server: Server) -> list[RequestHandler]:
-        """Close the idle connections; the others close after their request. Returns
-        the connections still open."""
-        left: list[RequestHandler] = []
+    def _close_idle(server: Server) -> None:
+        """Close the idle connections now (nothing of theirs is on its way); one with a
+        request under way closes once its answer is out (and flushed: a TLS connection
+        after its close_notify)."""
         for handler in server.connections:
+            if isinstance(handler, _DrainingRequestHandler):
+                continue  # closes itself after its request
             if isinstance(handler, _RegistryRequestHandler) and handler.busy:
-                if not isinstance(handler, _DrainingRequestHandler):
-                    handler.__class__ = _DrainingRequestHandler
-                left.append(handler)
+                handler.__class__ = _DrainingRequestHandler
             elif handler.transport is not None:
-                handler.force_close()
-            else:
-                left.append(handler)  # closed, its task ending
-        return left
+                _abort(handler)
+
+
+def _abort(handler: RequestHandler) -> None:
+    """Close a connection at once, dropping whatever is still buffered for it."""
+    if handler.transport is not None:
+        handler.transport.abort()
+    handler.force_close()
