@@ -58,7 +58,8 @@ health:
     assert "s3cret" not in repr(settings)
     assert settings.root == Path("/var/lib/registry")
     assert not settings.proxy.is_dockerhub
-    assert set(ignored) == {"version", "log.fields", "storage.cache", "http.headers", "health"}
+    assert set(ignored) == {"version", "log.fields", "storage.cache", "http.headers"}
+    assert settings.health.storagedriver.enabled  # registry:2's health section applies
 
     env = {
         "REGISTRY_PROXY_REMOTEURL": "https://quay.io",
@@ -175,3 +176,55 @@ def test_sizes_and_durations() -> None:
     for bad in ("1x", "m5", ""):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_health_settings_and_the_drain_timeout(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        """
+http:
+  draintimeout: 45s
+health:
+  storagedriver:
+    enabled: true
+    interval: 5s
+    threshold: 2
+  file:
+    - file: /run/registry-mirror/maintenance
+      interval: 1s
+  http:
+    - uri: http://10.0.0.5:8080/ping
+      headers:
+        Authorization: [Bearer t]
+      statuscode: 204
+      timeout: 3s
+  tcp:
+    - addr: redis:6379
+"""
+    )
+    settings, ignored = load_settings(environ={}, config_file=config)
+    assert ignored == []
+    assert settings.http.draintimeout == 45.0
+    health = settings.health
+    assert (health.storagedriver.interval, health.storagedriver.threshold) == (5.0, 2)
+    assert health.file[0].file == Path("/run/registry-mirror/maintenance")
+    assert health.http[0].statuscode == 204 and health.http[0].timeout == 3.0
+    assert health.http[0].headers == {"Authorization": ["Bearer t"]}
+    assert health.tcp[0].addr == "redis:6379"
+    assert settings.readiness_min_free == 100 * 1000**2  # the default
+
+    defaults, _ = load_settings(environ={})
+    assert defaults.http.draintimeout == 25.0
+
+
+def test_the_readiness_free_space_threshold_stays_below_eviction() -> None:
+    settings, _ = load_settings(environ={}, flags={"storage.min_free": "100MiB"})
+    assert settings.readiness_min_free == 50 * 2**20  # half of it, when below 100 MB
+    settings, _ = load_settings(environ={}, flags={"health.min_free": "0"})
+    assert settings.readiness_min_free == 0  # no free-space check
+    with pytest.raises(ConfigError, match=r"health\.min_free .* must be below storage\.min_free"):
+        load_settings(environ={}, flags={"storage.min_free": "1GiB", "health.min_free": "2GiB"})
+    with pytest.raises(ConfigError, match=r"health\.tcp: invalid address"):
+        load_settings(environ={}, flags={"health.tcp": '[{"addr": "no-port"}]'})
+    with pytest.raises(ConfigError, match=r"health\.http\.0\.uri"):
+        load_settings(environ={}, flags={"health.http": '[{"uri": "ftp://x/ping"}]'})

@@ -23,6 +23,7 @@ from registry_mirror.api.access import ACCESS_KEY, AccessPolicy
 from registry_mirror.api.admin import ADMIN_KEY, ADMIN_PREFIX, admin_api
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
+from registry_mirror.health import HEALTH_KEY, Health, add_health_routes
 from registry_mirror.index import Index
 from registry_mirror.maintenance.admin import AdminActions
 from registry_mirror.maintenance.cache import Cache
@@ -57,6 +58,8 @@ def create_app(
     )
     app[ACCESS_KEY] = policy = AccessPolicy(settings)
     app.on_cleanup.append(policy.close)
+    app[HEALTH_KEY] = health = Health(settings)
+    add_health_routes(app)
     api = registry_api(settings, policy)
     admin = admin_api(settings.auth.admins, policy)  # None: no admins, no endpoints
     root = settings.root
@@ -106,6 +109,16 @@ def create_app(
             api[SENDFILE_KEY] = reactor
             flusher = asyncio.create_task(_flush_forever(opened))
             stack.push_async_callback(_cancel, flusher)
+            # The checks last: stopped first, before what they look at closes.
+            await stack.enter_async_context(
+                health.running(
+                    blobs,
+                    opened,
+                    routes,
+                    recovering=lambda: mirror.recovering,
+                    downloads=mirror.downloads,
+                )
+            )
             _log_start(settings, routes)
             yield
 

@@ -26,10 +26,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from registry_mirror import __version__
 from registry_mirror.api.access import ACCESS_KEY
 from registry_mirror.api.access_log import AccessLogger
-from registry_mirror.api.server import RegistryRunner
+from registry_mirror.api.server import CUT_WAIT, RegistryRunner
 from registry_mirror.app import create_app
 from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
+from registry_mirror.health import HEALTH_KEY
 from registry_mirror.index import IndexFailure
 from registry_mirror.maintenance import commands as commands_module
 from registry_mirror.storage import StorageError
@@ -39,6 +40,8 @@ __all__ = ["main"]
 log = logging.getLogger("registry_mirror")
 
 # Short spellings of the most used settings.
+SECOND_SIGNAL_AFTER: Final = 1.0  # seconds
+
 ALIASES = {
     "http.addr": ["--addr"],
     "proxy.remoteurl": ["--upstream"],
@@ -354,6 +357,7 @@ async def _serve(settings: Settings) -> None:
         app,
         access_log_class=AccessLogger,
         handle_signals=False,
+        shutdown_timeout=CUT_WAIT,
         keepalive_timeout=settings.http.idle_timeout,
         max_headers=settings.http.max_headers,
         max_field_size=settings.http.max_header_size,
@@ -376,10 +380,22 @@ async def _serve(settings: Settings) -> None:
             raise OSError(f"cannot listen on {settings.http.addr}: {exc.strerror}") from None
         log.info("listening on %s%s", settings.http.addr, " (TLS)" if tls else "")
         _exposure_warning(settings, host)
-        stop = asyncio.Event()
+        stop, cut = asyncio.Event(), asyncio.Event()
+        received: list[tuple[str, float]] = []
         loop = asyncio.get_running_loop()
+
+        def terminate(sig: signal.Signals) -> None:
+            # A second signal cuts the drain short; one within a second of the first is
+            # not counted: uvloop may hand the same signal over twice.
+            if received and loop.time() - received[0][1] >= SECOND_SIGNAL_AFTER:
+                log.warning("%s again: cutting the drain short", sig.name)
+                cut.set()
+            elif not received:
+                received.append((sig.name, loop.time()))
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, terminate, sig)
         reloads: set[asyncio.Task[None]] = set()
 
         def hangup() -> None:
@@ -389,9 +405,20 @@ async def _serve(settings: Settings) -> None:
 
         loop.add_signal_handler(signal.SIGHUP, hangup)
         await stop.wait()
-        log.info("shutting down")
+        await _drain(app, runner, settings.http.draintimeout, received[0][0], cut)
     finally:
         await runner.cleanup()
+    log.info("stopped")
+
+
+async def _drain(
+    app: web.Application, runner: RegistryRunner, grace: float, signal_name: str, cut: asyncio.Event
+) -> None:
+    """Not ready at once, then the runner's drain (which logs what it did)."""
+    health = app[HEALTH_KEY]
+    health.drain()
+    log.info("%s: shutting down (another signal cuts what is under way)", signal_name)
+    await runner.drain(grace, health.downloads, cut)
 
 
 if __name__ == "__main__":

@@ -450,3 +450,11 @@ async def test_a_closed_index_says_so(index: IndexHarness) -> None:
         with pytest.raises(IndexFailure):
             await call(index.index)
             pytest.fail(f"{name} worked")
+
+
+async def test_ping_answers_while_open_and_fails_once_closed(index: IndexHarness) -> None:
+    ix = index.index
+    await ix.ping()
+    await ix.close()
+    with pytest.raises(IndexFailure):
+        await ix.ping()

@@ -78,11 +78,13 @@ async def running_mirror(
     tmp_path: Path,
     *upstreams: FakeUpstream | UpstreamEntry,
     flags: Mapping[str, object] | None = None,
+    store: ObservedStore | None = None,
 ) -> AsyncIterator[InProcessMirror]:
     """A started mirror of ``upstreams`` (a bare fake is Docker Hub, ``docker.io``; the
     first one is the default), with settings from ``flags``, in a fresh root of its own
-    under ``tmp_path``; stopped (and every resource closed) on exit, when no download
-    from a fake upstream may be left open."""
+    under ``tmp_path`` (on ``store`` if given: one prepared before the start); stopped
+    (and every resource closed) on exit, when no download from a fake upstream may be
+    left open."""
     entries = [
         UpstreamEntry("docker.io", up, dockerhub=True) if isinstance(up, FakeUpstream) else up
         for up in upstreams
@@ -92,7 +94,7 @@ async def running_mirror(
         flags={"storage.filesystem.rootdirectory": root, **(flags or {})}, environ={}
     )
     router = Router(entries, default=entries[0].name)
-    store, index = ObservedStore(), MemoryIndex()
+    store, index = store or ObservedStore(), MemoryIndex()
     app = create_app(settings, store=store, index=index, router=router)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

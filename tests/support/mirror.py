@@ -189,6 +189,21 @@ class MirrorProcess(Service):
             self._log = None
         return code
 
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the process to end by itself (after a signal the test sent); its exit
+        status. AssertionError, the process killed, if it does not end in time."""
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"mirror did not exit within {timeout}s:\n{self.log()}") from None
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
     def kill(self) -> None:
         """SIGKILL: a crash, as far as the mirror can tell."""
         if self._proc is not None:

@@ -126,16 +126,18 @@ class AccessPolicy:
 ACCESS_KEY: Final = web.AppKey("access", AccessPolicy)
 
 
-def refusal(request: web.Request) -> web.Response | None:
+def refusal(request: web.Request, *, counted: bool = True) -> web.Response | None:
     """Admission, for every request whatever its path: who the client is, whether its
-    network may ask at all, and its request rate; the answer if it is refused."""
+    network may ask at all, and (when ``counted``: every request but the health probes)
+    its request rate; the answer if it is refused."""
     policy = request.app[ACCESS_KEY]
     try:
         client = policy.clients.client(request)
         request[CLIENT] = client
         if policy.allow and not in_networks(client, policy.allow):
             raise RegistryError(403, "DENIED", "access from this address is not allowed")
-        policy.limiter.request(client)
+        if counted:
+            policy.limiter.request(client)
     except RegistryError as error:
         return error_response(error, request.method)
     return None

@@ -21,6 +21,7 @@ from registry_mirror.api.errors import (
 )
 from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
+from registry_mirror.health import is_probe
 
 __all__ = [
     "API_PREFIX",
@@ -63,8 +64,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 @web.middleware
 async def root_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The root application's middleware: admission for every path (``access.refusal``:
-    allow list, request rate), then :func:`no_endpoint_middleware`."""
-    refused = refusal(request)
+    allow list, request rate — the health probes are not counted: a probe refused
+    restarts a pod), then :func:`no_endpoint_middleware`."""
+    refused = refusal(request, counted=not is_probe(request))
     if refused is not None:
         return refused
     return await no_endpoint_middleware(request, handler)

@@ -12,21 +12,34 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
-from registry_mirror.config.values import CommaList, Duration, ProxyUrl, Size, Url, host_port
+from registry_mirror.config.values import (
+    CommaList,
+    Duration,
+    ProxyUrl,
+    Size,
+    Url,
+    host_port,
+    redact_url,
+)
 
 __all__ = [
     "DOCKER_HUB",
     "DOCKER_HUB_HOSTS",
     "AccessSettings",
     "AuthSettings",
+    "FileCheckSettings",
     "FilesystemSettings",
+    "HTTPCheckSettings",
     "HTTPSettings",
+    "HealthSettings",
     "HtpasswdSettings",
     "LimitSettings",
     "LogSettings",
     "ProxySettings",
     "Section",
+    "StorageDriverCheckSettings",
     "StorageSettings",
+    "TCPCheckSettings",
     "TLSSettings",
     "UpstreamCommon",
     "UpstreamList",
@@ -55,6 +68,8 @@ class HTTPSettings(Section):
     write_timeout: Duration = 300.0  # a client that takes no response bytes this long is dropped
     max_headers: int = 100
     max_header_size: Size = 8190
+    # SIGTERM: requests and downloads in progress get this long to finish (registry:2's key).
+    draintimeout: Duration = 25.0
 
 
 class UpstreamCommon(Section):
@@ -132,12 +147,13 @@ class UpstreamSettings(UpstreamCommon):
 
 
 def _yaml_list(value: object) -> object:
-    """``upstreams`` from a flag or variable: a YAML/JSON list of mappings."""
+    """A list of mappings (``upstreams``, ``health.http``…) from a flag or variable: YAML
+    or JSON."""
     if isinstance(value, str):
         try:
             return yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ValueError("expected a YAML or JSON list of upstreams") from None
+            raise ValueError("expected a YAML or JSON list of mappings") from None
     return value
 
 
@@ -189,6 +205,68 @@ class LimitSettings(Section):
     ipv6_prefix: Annotated[int, Field(ge=1, le=128)] = 64  # IPv6 clients: one per network
     failed_logins: int = 10  # failed logins per client per window below (then 429)
     failed_logins_window: Duration = 60.0
+
+
+class StorageDriverCheckSettings(Section):
+    """registry:2's ``health.storagedriver``: here the store (a small file written and
+    removed), the index (a trivial query) and the free disk, for readiness."""
+
+    enabled: bool = True
+    interval: Duration = 10.0
+    threshold: Annotated[int, Field(ge=1)] = 3  # consecutive failures before unhealthy
+
+
+class FileCheckSettings(Section):
+    """``health.file``: unhealthy (not ready) while the file exists."""
+
+    file: Path
+    interval: Duration = 10.0
+
+
+class HTTPCheckSettings(Section):
+    """``health.http``: a URL that must answer ``statuscode`` (``/debug/health`` only)."""
+
+    uri: CheckUrl
+    headers: dict[str, list[str]] = {}
+    statuscode: int = 200
+    timeout: Duration = 5.0
+    interval: Duration = 10.0
+    threshold: Annotated[int, Field(ge=1)] = 1
+
+
+class TCPCheckSettings(Section):
+    """``health.tcp``: an address that must accept a connection (``/debug/health`` only)."""
+
+    addr: str
+    timeout: Duration = 5.0
+    interval: Duration = 10.0
+    threshold: Annotated[int, Field(ge=1)] = 1
+
+
+def _check_url(value: object) -> object:
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"invalid URL {redact_url(value)!r} (expected http(s)://host/path)")
+    return value
+
+
+CheckUrl = Annotated[str, BeforeValidator(_check_url)]
+FileChecks = Annotated[list[FileCheckSettings], BeforeValidator(_yaml_list)]
+HTTPChecks = Annotated[list[HTTPCheckSettings], BeforeValidator(_yaml_list)]
+TCPChecks = Annotated[list[TCPCheckSettings], BeforeValidator(_yaml_list)]
+
+
+class HealthSettings(Section):
+    """registry:2's ``health`` section, and the readiness free-disk threshold."""
+
+    storagedriver: StorageDriverCheckSettings = StorageDriverCheckSettings()
+    file: FileChecks = []
+    http: HTTPChecks = []
+    tcp: TCPChecks = []
+    # Not ready below this much free space on the cache's filesystem (0: no check);
+    # unset: 100 MB, or half of storage.min_free when that is smaller.
+    min_free: Size | None = None
 
 
 class LogSettings(Section):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -15,6 +16,7 @@ from registry_mirror.config.proxy import OutboundProxy
 from registry_mirror.config.sections import (
     AccessSettings,
     AuthSettings,
+    HealthSettings,
     HTTPSettings,
     LimitSettings,
     LogSettings,
@@ -26,7 +28,9 @@ from registry_mirror.config.sections import (
 )
 from registry_mirror.config.values import ConfigError, redact_url
 
-__all__ = ["Settings"]
+__all__ = ["DEFAULT_READY_FREE", "Settings"]
+
+DEFAULT_READY_FREE: Final = 100 * 1000**2
 
 
 class Settings(Section):
@@ -40,6 +44,7 @@ class Settings(Section):
     access: AccessSettings = AccessSettings()
     limits: LimitSettings = LimitSettings()
     log: LogSettings = LogSettings()
+    health: HealthSettings = HealthSettings()
     # HTTP_PROXY, HTTPS_PROXY, NO_PROXY from the environment (see outbound_proxy).
     _proxy_env: dict[str, str] = PrivateAttr(default_factory=dict)
     # Kubernetes service-link variables seen in the environment and ignored.
@@ -65,7 +70,24 @@ class Settings(Section):
             raise ValueError(
                 "auth.admins: admins log in with the htpasswd file: set auth.htpasswd.path"
             )
+        self._health_checks()
         return self._names_unique()
+
+    def _health_checks(self) -> None:
+        """Eviction keeps ``storage.min_free`` free, so the free space hovers just above
+        it: a readiness threshold at or above it would take the mirror out of service
+        whenever the cache is full and working as meant."""
+        health, floor = self.health.min_free, self.storage.min_free
+        if floor is not None and health is not None and health and health >= floor:
+            raise ValueError(
+                f"health.min_free ({health} bytes) must be below storage.min_free ({floor}"
+                " bytes): eviction keeps storage.min_free free, readiness fails only"
+                " when the disk fills beyond what eviction can keep up with"
+            )
+        for check in self.health.tcp:
+            host, sep, port = check.addr.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"health.tcp: invalid address {check.addr!r} (HOST:PORT)")
 
     def _names_unique(self) -> Settings:
         """Each registry is configured once: two entries sharing a name (or a URL) would
@@ -84,6 +106,17 @@ class Settings(Section):
                     )
                 seen[name] = where
         return self
+
+    @property
+    def readiness_min_free(self) -> int:
+        """The free space below which the mirror is not ready (0: not checked):
+        ``health.min_free``, else 100 MB or half of ``storage.min_free`` if smaller."""
+        if self.health.min_free is not None:
+            return self.health.min_free
+        default = DEFAULT_READY_FREE
+        if self.storage.min_free is not None:
+            default = min(default, self.storage.min_free // 2)
+        return default
 
     def outbound_proxy(self, upstream: UpstreamCommon) -> OutboundProxy:
         """The forward proxy policy of one upstream: its ``proxy`` setting, else the

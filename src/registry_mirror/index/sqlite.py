@@ -132,6 +132,12 @@ class SQLiteIndex:
             await self._on_thread(close)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
+    async def ping(self) -> None:
+        def read(db: sqlite3.Connection) -> None:
+            db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+
+        await self._run(read)
+
     @staticmethod
     def _repo_id(db: sqlite3.Connection, repo: str) -> int:
         row = db.execute("SELECT id FROM repositories WHERE name = ?", (repo,)).fetchone()

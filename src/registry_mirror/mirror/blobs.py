@@ -95,6 +95,11 @@ class Blobs:
     def __repr__(self) -> str:
         return f"<Blobs fills={len(self._fills)}>"
 
+    @property
+    def downloads(self) -> int:
+        """Upstream downloads in progress."""
+        return len(self._fills)
+
     async def close(self) -> None:
         """Cancel the downloads in progress."""
         tasks = [fill.task for fill in self._fills.values() if fill.task is not None]

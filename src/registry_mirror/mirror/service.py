@@ -75,6 +75,15 @@ class Mirror:
             adopt_orphans(self.store, self.index, self._pins.__contains__)
         )
 
+    @property
+    def recovering(self) -> bool:
+        """Files a crash left unindexed are still being checked."""
+        return self._recovery is not None and not self._recovery.done()
+
+    def downloads(self) -> int:
+        """Upstream downloads (fills) in progress."""
+        return self.blobs.downloads
+
     async def close(self) -> None:
         if self._recovery is not None:
             self._recovery.cancel()

@@ -138,6 +138,9 @@ class MemoryIndex:
     def generation(self) -> bytes:
         return self._tables.generation.to_bytes(8, "big")
 
+    async def ping(self) -> None:
+        await self._ready()
+
     async def close(self) -> None:
         if not self._open:
             return
