@@ -6,6 +6,7 @@ handling and authorisation."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from registry_mirror.api.errors import (
     error_response,
     translate,
 )
+from registry_mirror.api.observe import OBSERVER_KEY
 from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
 
@@ -62,12 +64,22 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def root_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The root application's middleware: admission for every path (``access.refusal``:
-    allow list, request rate), then :func:`no_endpoint_middleware`."""
-    refused = refusal(request)
-    if refused is not None:
-        return refused
-    return await no_endpoint_middleware(request, handler)
+    """The root application's middleware: the request's id, admission for every path
+    (``access.refusal``: allow list, request rate), then :func:`no_endpoint_middleware`;
+    the answer counted in the metrics (``observe``)."""
+    observer = request.app[OBSERVER_KEY]
+    observer.begin(request)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response: web.StreamResponse | None = refusal(request)
+    if response is None:
+        try:
+            response = await no_endpoint_middleware(request, handler)
+        except web.HTTPException as exc:
+            observer.end(request, exc, loop.time() - started)
+            raise
+    observer.end(request, response, loop.time() - started)
+    return response
 
 
 @web.middleware
