@@ -21,7 +21,7 @@ from registry_mirror.api import (
     root_middleware,
 )
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy
-from registry_mirror.api.observe import OBSERVER_KEY, RequestObserver, add_request_id
+from registry_mirror.api.observe import OBSERVER_KEY, RequestObserver
 from registry_mirror.api.scrape import SCRAPE_KEY, MirrorCollector, Scrape, metrics_handler
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
@@ -66,7 +66,6 @@ def create_app(
     metrics = Metrics(__version__, names)
     app[SCRAPE_KEY] = scrape = Scrape(metrics)
     app[OBSERVER_KEY] = RequestObserver(metrics, policy.clients)
-    app.on_response_prepare.append(add_request_id)
     if settings.metrics.on_main_port:
         app.router.add_route("*", "/metrics", metrics_handler)
     api = registry_api(settings, policy)

@@ -36,7 +36,7 @@ __all__ = [
 REQUEST_ID: Final = contextvars.ContextVar[str | None]("request_id", default=None)
 MAX_REQUEST_ID: Final = 64
 _ACCEPTABLE_ID: Final = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID - 1}}}")
-_BARE_VALUE: Final = re.compile(r'[^\s"=\\]+')
+_QUOTED: Final = frozenset(' "=\\')  # a text field's value with one of them is quoted
 
 Format = Literal["text", "json", "logstash"]
 
@@ -72,11 +72,6 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _text_value(value: object) -> str:
-    text = str(value)
-    return text if _BARE_VALUE.fullmatch(text) else json.dumps(text)
-
-
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger: message``, then the record's ``fields`` and its request id
     as ``key=value`` (a value with a space or a quote in JSON quotes). The date and time
@@ -107,7 +102,11 @@ class TextFormatter(logging.Formatter):
             return line
         parts = [line]
         if fields:
-            parts.extend(f"{key}={_text_value(value)}" for key, value in fields.items())
+            for key, value in fields.items():
+                text = value if type(value) is str else str(value)
+                if not (text and text.isprintable() and _QUOTED.isdisjoint(text)):
+                    text = json.dumps(text)
+                parts.append(f"{key}={text}")
         if request_id is not None:
             parts.append(f"request_id={request_id}")
         return " ".join(parts)

@@ -16,14 +16,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from registry_mirror.api.access import CLIENT, USER
-from registry_mirror.api.errors import KIND
+from registry_mirror.api.errors import KIND, REQUEST_ID_KEY
 from registry_mirror.outcome import Outcome
 
 __all__ = ["BODY_BYTES", "OUTCOME", "REQUEST_ID_KEY", "AccessLogger", "printable", "sent_bytes"]
 
 BODY_BYTES: Final = web.RequestKey("body_bytes", int)  # body bytes sent, when counted
 OUTCOME: Final = web.RequestKey("outcome", Outcome)  # a registry request's, from the mirror
-REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
 LINE: Final = '%s %s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"'
 
 
@@ -79,7 +78,7 @@ class AccessLogger(AbstractAccessLogger):
         user = request.get(USER)
         shown_user = "-" if not user else printable(user, 100).replace(" ", "\\x20")
         agent = printable(request.headers.get("User-Agent", "-"))
-        target = request.rel_url
+        target = str(request.rel_url)
         message = LINE % (
             client,
             shown_user,
@@ -108,7 +107,7 @@ class AccessLogger(AbstractAccessLogger):
             "client": client,
             "user": user,
             "method": request.method,
-            "target": str(target),
+            "target": target,
             "status": response.status,
             "bytes": sent,
             "duration": round(time, 6),

@@ -10,15 +10,13 @@ from typing import Final
 
 from aiohttp import web
 
-from registry_mirror.api.access_log import OUTCOME, REQUEST_ID_KEY, sent_bytes
+from registry_mirror.api.access_log import BODY_BYTES, OUTCOME, sent_bytes
 from registry_mirror.api.clients import ClientAddresses
-from registry_mirror.api.errors import KIND
+from registry_mirror.api.errors import KIND, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from registry_mirror.logs import REQUEST_ID, RequestIds, accepted_request_id
 from registry_mirror.metrics import Metrics
 
-__all__ = ["OBSERVER_KEY", "REQUEST_ID_HEADER", "RequestObserver", "add_request_id"]
-
-REQUEST_ID_HEADER: Final = "X-Request-Id"
+__all__ = ["OBSERVER_KEY", "RequestObserver"]
 
 
 class RequestObserver:
@@ -40,21 +38,19 @@ class RequestObserver:
         REQUEST_ID.set(request_id)
 
     def end(self, request: web.Request, response: web.StreamResponse, seconds: float) -> None:
-        """The request answered with ``response`` after ``seconds``: counted."""
+        """The request answered with ``response`` after ``seconds``: counted, and its id
+        in ``X-Request-Id`` if the answer is not sent yet (the registry API's answers
+        sent by their handler carry it already: ``errors.add_api_version``)."""
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
         route = request.get(KIND) or "other"
         self.metrics.http_request(route, response.status, seconds)
         outcome = request.get(OUTCOME)
         if outcome is not None and outcome.result is not None:
-            self.metrics.cache_request(
-                outcome.registry, route, outcome.result, sent_bytes(request, response)
-            )
+            sent = sent_bytes(request, response)
+            request[BODY_BYTES] = sent  # the access log's figure too, found at once
+            self.metrics.cache_request(outcome.registry, route, outcome.result, sent)
 
 
 OBSERVER_KEY: Final = web.AppKey("observer", RequestObserver)
 
-
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` (root application): every answer names its request id."""
-    request_id = request.get(REQUEST_ID_KEY)
-    if request_id is not None:
-        response.headers[REQUEST_ID_HEADER] = request_id

@@ -6,7 +6,7 @@ handling and authorisation."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Final
 
 from aiohttp import web
@@ -69,16 +69,15 @@ async def root_middleware(request: web.Request, handler: Handler) -> web.StreamR
     the answer counted in the metrics (``observe``)."""
     observer = request.app[OBSERVER_KEY]
     observer.begin(request)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = time.perf_counter()
     response: web.StreamResponse | None = refusal(request)
     if response is None:
         try:
             response = await no_endpoint_middleware(request, handler)
         except web.HTTPException as exc:
-            observer.end(request, exc, loop.time() - started)
+            observer.end(request, exc, time.perf_counter() - started)
             raise
-    observer.end(request, response, loop.time() - started)
+    observer.end(request, response, time.perf_counter() - started)
     return response
 
 

@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from typing import Any, Final
 
 import aiohttp
@@ -119,17 +120,16 @@ class Sender:
             with translated(
                 f"{self.name} unreachable ({url.host})", refused="redirect to", invalid=self.name
             ):
-                loop = asyncio.get_running_loop()
-                started = loop.time()
+                started = time.perf_counter()
                 try:
                     response = await self.open(session, method, url, headers)
                 except Exception as exc:
-                    self._observed(method, url, None, loop.time() - started, describe(exc))
+                    self._observed(method, url, None, time.perf_counter() - started, describe(exc))
                     if attempt == 2 or not retryable(exc):
                         raise
                     log.info("retrying %s %s after %s", method, url.path, describe(exc))
                 else:
-                    self._observed(method, url, response.status, loop.time() - started)
+                    self._observed(method, url, response.status, time.perf_counter() - started)
                     return response
             await asyncio.sleep(0.2)
         raise AssertionError("unreachable")
