@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import generate_latest
 
+from registry_mirror.metrics import HTTP_BUCKETS, Metrics
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
@@ -74,6 +77,15 @@ def test_a_pull_then_a_warm_pull_are_counted_exactly(
     blobs = len(image.blobs)
 
     pull(mirror, image)  # cold: everything fetched
+
+    def cached() -> float:
+        return metrics(mirror).value(
+            "registry_mirror_fills_total", registry=REGISTRY, result="cached"
+        )
+
+    # A client has its last byte on the verdict on the digest; the fill ends after the
+    # commit, just after.
+    wait_until(lambda: cached() == blobs, message=mirror.log)
     cold = metrics(mirror)
     assert cache(cold, "manifest", "miss") == 1
     assert cache(cold, "blob", "miss") == blobs
@@ -115,6 +127,7 @@ def test_a_pull_then_a_warm_pull_are_counted_exactly(
     )
     # The storage figures, read at scrape time.
     wait_until(lambda: len(stored_files(mirror.root)) == blobs + 1, message="files published")
+    warm = metrics(mirror)
     assert warm.value("registry_mirror_storage_blobs") == blobs + 1
     on_disk = sum(disk_size(mirror, d) for d in [image.digest, *image.blobs])
     assert warm.value("registry_mirror_storage_used_bytes") == on_disk
@@ -170,6 +183,11 @@ def test_concurrent_cold_clients_share_one_download_and_are_counted_coalesced(
             future.result()
     assert bodies == [data] * clients
     assert proxy.count("GET", "/blobs/") == 1
+
+    def ended() -> float:
+        return metrics(proxied).total("registry_mirror_fills_total", registry=REGISTRY)
+
+    wait_until(lambda: ended() == 1, message=proxied.log)  # committed after the last byte
     after = metrics(proxied)
     assert cache(after, "blob", "miss") == 1
     assert cache(after, "blob", "coalesced") == clients - 1
@@ -355,3 +373,47 @@ def test_the_rate_limit_of_successful_answers_is_a_gauge(
     assert head.value(ratelimit + "window_seconds", registry=REGISTRY) == 3600
     assert after.value(ratelimit + "remaining", registry=REGISTRY) == 150
     assert after.value("registry_mirror_upstream_rate_limited_total", registry=REGISTRY) == 0
+
+
+# --------------------------------------------------------------------- units
+
+
+def test_histogram_buckets_are_cumulative_with_prometheus_le_semantics() -> None:
+    """A value on a bound counts in that bucket (``le``); the families parse back."""
+    measured = Metrics("9.9", ("docker.io",))
+    for seconds in (0.0005, 0.0006, 0.001, 400.0):
+        measured.http_request("blob", 206, seconds)
+    measured.http_request("blob", 503, 0.02)
+    measured.cache_request("docker.io", "blob", "hit", 1234)
+    samples = Samples(generate_latest(measured.registry).decode())
+    bucket = "registry_mirror_http_request_duration_seconds_bucket"
+    assert samples.value(bucket, route="blob", le="0.0005") == 1
+    assert samples.value(bucket, route="blob", le="0.001") == 3
+    assert samples.value(bucket, route="blob", le="0.025") == 4
+    assert samples.value(bucket, route="blob", le="300.0") == 4
+    assert samples.value(bucket, route="blob", le="+Inf") == 5
+    assert len([k for n, k in samples.by_key if n == bucket]) == len(HTTP_BUCKETS) + 1
+    assert samples.value("registry_mirror_http_request_duration_seconds_count", route="blob") == 5
+    total = samples.value("registry_mirror_http_request_duration_seconds_sum", route="blob")
+    assert total == pytest.approx(400.0221)
+    requests = "registry_mirror_http_requests_total"
+    assert samples.value(requests, route="blob", status="2xx") == 4
+    assert samples.value(requests, route="blob", status="5xx") == 1
+    assert samples.value(CACHE, registry="docker.io", kind="blob", result="hit") == 1
+    assert samples.value(SERVED, registry="docker.io", kind="blob", result="hit") == 1234
+    assert samples.value(CACHE, registry="docker.io", kind="tags", result="stale") == 0
+    assert samples.types["registry_mirror_http_request_duration_seconds"] == "histogram"
+    assert samples.types["registry_mirror_cache_requests"] == "counter"
+    assert samples.total("registry_mirror_build_info", version="9.9") == 1
+
+
+def test_each_application_has_a_registry_of_its_own() -> None:
+    one, two = Metrics("1", ("a.io",)), Metrics("1", ("b.io",))
+    one.cache_request("a.io", "blob", "miss", 10)
+    assert (
+        Samples(generate_latest(two.registry).decode()).get(
+            CACHE, registry="a.io", kind="blob", result="miss"
+        )
+        is None
+    )
+    assert "registry_mirror" not in generate_latest(DEFAULT_REGISTRY).decode()
