@@ -24,6 +24,7 @@ from tests.support.clients import mirror_access_lines
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
 from tests.support.mirror import MirrorProcess, assert_log_quiet
+from tests.support.prometheus import scrape
 from tests.support.registry import RegistryProcess
 from tests.support.waits import wait_until
 
@@ -368,3 +369,30 @@ def test_json_lines_hold_the_exception_and_stay_one_line() -> None:
 )
 def test_request_ids_accepted_from_proxies(value: str | None, accepted: bool) -> None:
     assert accepted_request_id(value) == (value if accepted else None)
+
+
+def test_tag_lists_are_misses_and_their_following_pages_hits(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory
+) -> None:
+    for tag in ("1", "2", "3"):
+        push_image(upstream.url, "library/alpine", tag, layers=[100])
+    mirror = mirror_factory(upstream.url)
+    first = get(mirror, "GET", "/v2/library/alpine/tags/list?n=2")
+    assert first.json()["tags"] == ["1", "2"]
+    following = get(mirror, "GET", "/v2/library/alpine/tags/list?n=2&last=2")
+    assert following.json()["tags"] == ["3"]
+    ids = [first.headers["X-Request-Id"], following.headers["X-Request-Id"]]
+    wait_logged(mirror, *ids)
+    lines = text_access(mirror)
+    assert [
+        (by_request_id(lines, rid)["kind"], by_request_id(lines, rid)["cache"]) for rid in ids
+    ] == [
+        ("tags", "miss"),
+        ("tags", "hit"),
+    ]
+    samples = scrape(f"{mirror.url}/metrics")
+    count = "registry_mirror_cache_requests_total"
+    assert samples.value(count, registry="docker.io", kind="tags", result="miss") == 1
+    assert samples.value(count, registry="docker.io", kind="tags", result="hit") == 1
+    received = "registry_mirror_upstream_received_bytes_total"
+    assert samples.value(received, registry="docker.io", kind="tags") > 0
