@@ -10,6 +10,7 @@ from typing import Final
 
 from aiohttp import web
 
+from registry_mirror import __version__
 from registry_mirror.api import (
     API_PREFIX,
     MAX_REQUEST_BODY,
@@ -21,12 +22,15 @@ from registry_mirror.api import (
 )
 from registry_mirror.api.access import ACCESS_KEY, AccessPolicy
 from registry_mirror.api.admin import ADMIN_KEY, ADMIN_PREFIX, admin_api
+from registry_mirror.api.observe import OBSERVER_KEY, RequestObserver
+from registry_mirror.api.scrape import SCRAPE_KEY, MirrorCollector, Scrape, metrics_handler
 from registry_mirror.backends import open_index, open_store
 from registry_mirror.config import Settings
 from registry_mirror.health import HEALTH_KEY, Health, add_health_routes
 from registry_mirror.index import Index
 from registry_mirror.maintenance.admin import AdminActions
 from registry_mirror.maintenance.cache import Cache
+from registry_mirror.metrics import Metrics
 from registry_mirror.mirror import Evictor, Mirror, Pins, Router, StorageLimits, UpstreamEntry
 from registry_mirror.rootlock import RootLock
 from registry_mirror.storage import BlobStore, Staging
@@ -50,7 +54,9 @@ def create_app(
     """Build the application; the parts not given are built from ``settings``.
 
     The HTTP client session, the index connection and the background flusher
-    live and die with the app (``cleanup_ctx``).
+    live and die with the app (``cleanup_ctx``). The app's metrics (one registry of its
+    own) are ``app[SCRAPE_KEY].metrics``; ``/metrics`` is served on it unless
+    ``metrics.on_main_port`` is off.
     """
     app = web.Application(
         middlewares=[root_middleware],
@@ -60,6 +66,14 @@ def create_app(
     app.on_cleanup.append(policy.close)
     app[HEALTH_KEY] = health = Health(settings)
     add_health_routes(app)
+    names = tuple(entry.name for entry in router.entries) if router is not None else tuple(
+        config.registry_name for config in settings.all_upstreams()
+    )
+    metrics = Metrics(__version__, names)
+    app[SCRAPE_KEY] = scrape = Scrape(metrics)
+    app[OBSERVER_KEY] = RequestObserver(metrics, policy.clients)
+    if settings.metrics.on_main_port:
+        app.router.add_route("*", "/metrics", metrics_handler)
     api = registry_api(settings, policy)
     admin = admin_api(settings.auth.admins, policy)  # None: no admins, no endpoints
     root = settings.root
@@ -92,9 +106,9 @@ def create_app(
             if routes is None:
                 sessions = Sessions.create(USER_AGENT)
                 stack.push_async_callback(sessions.close)
-                routes = build_router(settings, sessions)
+                routes = build_router(settings, sessions, metrics)
             api[MIRROR_KEY] = mirror = await stack.enter_async_context(
-                _running_mirror(settings, blobs, opened, routes)
+                _running_mirror(settings, blobs, opened, routes, metrics)
             )
             if admin is not None:
                 admin[ADMIN_KEY] = AdminActions(
@@ -104,6 +118,9 @@ def create_app(
                     in_use=mirror.in_use,
                     on_removed=mirror.removed,
                 )
+            collector = MirrorCollector(mirror)
+            scrape.attach(collector)
+            stack.callback(scrape.detach, collector)
             reactor = SendfileReactor(stall_timeout=settings.http.write_timeout)
             stack.push_async_callback(asyncio.to_thread, reactor.close)
             api[SENDFILE_KEY] = reactor
@@ -131,15 +148,21 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def _running_mirror(
-    settings: Settings, store: BlobStore, index: Index, router: Router
+    settings: Settings, store: BlobStore, index: Index, router: Router, metrics: Metrics
 ) -> AsyncIterator[Mirror]:
     """The mirror and its evictor, started; stopped (downloads cancelled) on exit."""
     storage = settings.storage
     pins = Pins()
     limits = StorageLimits(storage.quota, storage.min_free, storage.max_idle)
-    evictor = Evictor(index, store, limits, pins.pinned)
+    evictor = Evictor(index, store, limits, pins.pinned, metrics)
     mirror = Mirror(
-        store, index, router, evictor, pins, max_fetches=settings.limits.upstream_fetches
+        store,
+        index,
+        router,
+        evictor,
+        pins,
+        max_fetches=settings.limits.upstream_fetches,
+        metrics=metrics,
     )
     await evictor.start()
     try:
@@ -173,10 +196,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def build_router(settings: Settings, sessions: Sessions) -> Router:
+def build_router(settings: Settings, sessions: Sessions, metrics: Metrics | None = None) -> Router:
     """One :class:`Upstream` per configured registry, all on the same connection pools
     (metadata and blobs apart); each has its own credentials, token cache, forward proxy
-    and circuit breaker, never shared."""
+    and circuit breaker, never shared; each counts its requests in ``metrics``."""
     entries = []
     for config in settings.all_upstreams():
         upstream = RegistryClient(
@@ -190,6 +213,7 @@ def build_router(settings: Settings, sessions: Sessions) -> Router:
             metadata_timeout=config.metadata_timeout,
             allow_private_redirects=config.allow_private_redirects,
             proxy=settings.outbound_proxy(config),
+            metrics=None if metrics is None else metrics.upstream(config.registry_name),
         )
         entries.append(
             UpstreamEntry(

@@ -14,7 +14,6 @@ import signal
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -26,12 +25,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from registry_mirror import __version__
 from registry_mirror.api.access import ACCESS_KEY
 from registry_mirror.api.access_log import AccessLogger
+from registry_mirror.api.scrape import SCRAPE_KEY, debug_app
 from registry_mirror.api.server import CUT_WAIT, RegistryRunner
 from registry_mirror.app import create_app
 from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.health import HEALTH_KEY
 from registry_mirror.index import IndexFailure
+from registry_mirror.logs import RequestIdFilter, formatter
 from registry_mirror.maintenance import commands as commands_module
 from registry_mirror.storage import StorageError
 
@@ -232,31 +233,12 @@ class _MalformedRequestFilter(logging.Filter):
         return True
 
 
-class _Formatter(logging.Formatter):
-    """The standard formatter; the date and time of a second are formatted once, not
-    for every record of that second (an access log line per request)."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
-        self._second: tuple[int, str] = (-1, "")  # replaced whole: threads log too
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        cached, text = self._second
-        if cached != second:
-            text = time.strftime(self.default_time_format, self.converter(second))
-            self._second = (second, text)
-        if self.default_msec_format:
-            text = self.default_msec_format % (text, record.msecs)
-        return text
-
-
 def _setup_logging(settings: Settings) -> None:
+    """stderr, in the ``log.formatter``'s format; every record carries its request id."""
     level = {"warn": "WARNING"}.get(settings.log.level, settings.log.level.upper())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter(settings.log.formatter))
+    handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("aiohttp.access").setLevel(level)
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequestFilter())
@@ -347,6 +329,37 @@ async def _reload(tls: _TLS | None, app: web.Application) -> None:
     )
 
 
+async def _debug_listener(settings: Settings, app: web.Application) -> web.AppRunner | None:
+    """registry:2's debug listener (``http.debug.addr``), serving the metrics at
+    ``http.debug.prometheus.path``; None when not configured."""
+    listen = settings.debug_listen()
+    if listen is None:
+        if settings.http.debug.addr is not None:
+            log.info(
+                "http.debug.addr is set without http.debug.prometheus.enabled: the debug"
+                " listener would serve nothing, not started"
+            )
+        return None
+    host, port = listen
+    path = settings.http.debug.prometheus.path
+    runner = web.AppRunner(debug_app(app[SCRAPE_KEY], path), access_log=None)
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if host in ("", "::"):
+            site = web.SockSite(runner, _dual_stack_socket(host, port))
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(
+            f"cannot listen on http.debug.addr {settings.http.debug.addr}: {exc.strerror}"
+        ) from None
+    log.info("metrics on %s%s (debug listener)", settings.http.debug.addr, path)
+    return runner
+
+
 async def _serve(settings: Settings) -> None:
     app = create_app(settings)
     host, port = settings.listen()
@@ -364,6 +377,7 @@ async def _serve(settings: Settings) -> None:
         max_line_size=settings.http.max_header_size,
     )
     await runner.setup()
+    stack = contextlib.AsyncExitStack()
     try:
         ssl_context = tls.server if tls is not None else None
         site: web.BaseSite
@@ -380,6 +394,9 @@ async def _serve(settings: Settings) -> None:
             raise OSError(f"cannot listen on {settings.http.addr}: {exc.strerror}") from None
         log.info("listening on %s%s", settings.http.addr, " (TLS)" if tls else "")
         _exposure_warning(settings, host)
+        debug = await _debug_listener(settings, app)
+        if debug is not None:
+            stack.push_async_callback(debug.cleanup)
         stop, cut = asyncio.Event(), asyncio.Event()
         received: list[tuple[str, float]] = []
         loop = asyncio.get_running_loop()
@@ -407,6 +424,7 @@ async def _serve(settings: Settings) -> None:
         await stop.wait()
         await _drain(app, runner, settings.http.draintimeout, received[0][0], cut)
     finally:
+        await stack.aclose()
         await runner.cleanup()
     log.info("stopped")
 

@@ -383,6 +383,10 @@ class _SlowToMeasure(FilesystemBlobStore):
         await self.release.wait()
         return 10_000
 
+    async def census(self) -> tuple[int, int]:
+        """The measurement the evictor makes (blobs and bytes in one walk)."""
+        return 1, await self.disk_usage()
+
 
 def test_start_does_not_wait_for_the_cache_to_be_measured(tmp_path: Path) -> None:
     """Nothing is evicted on a partial count; what is added meanwhile is counted."""

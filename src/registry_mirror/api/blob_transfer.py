@@ -25,6 +25,7 @@ from registry_mirror.api.sendfile import SendfileReactor
 from registry_mirror.mirror import BlobFill, BlobSource, FillFailed, Mirror, Route
 from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.fill import FileSpan
+from registry_mirror.outcome import Outcome
 from registry_mirror.reference import Digest
 from registry_mirror.storage import LocalFile, Redirect, StorageError
 
@@ -40,14 +41,20 @@ WRITE_TIMEOUT_KEY: Final = web.AppKey("write_timeout", float)
 
 
 async def send_blob(
-    request: web.Request, mirror: Mirror, route: Route, digest: Digest, headers: dict[str, str]
+    request: web.Request,
+    mirror: Mirror,
+    route: Route,
+    digest: Digest,
+    headers: dict[str, str],
+    *,
+    outcome: Outcome | None = None,
 ) -> web.StreamResponse:
     """The answer to a blob GET (``headers`` already made): the whole blob or the asked
     range, from the cache, the store's redirect or upstream. A file evicted between the
     lookup and the open is asked for again (then through a fill). Every descriptor,
     reader and upstream connection is released on every exit."""
     for _ in range(2):
-        source = await mirror.blob(route, digest)
+        source = await mirror.blob(route, digest, outcome)
         try:
             return await _serve_source(request, mirror, source, headers)
         except _Evicted:

@@ -90,6 +90,13 @@ class ClientAddresses:
     def _trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted)
 
+    def from_trusted_proxy(self, request: web.BaseRequest) -> bool:
+        """Does the request come from one of the trusted proxies (its peer)?"""
+        if not self.trusted:
+            return False
+        peer = parse_address(request.remote or "")
+        return peer is not None and self._trusted(peer)
+
     def client(self, request: web.Request) -> str:
         """The client's address. From a trusted proxy, every ``X-Forwarded-For`` line
         (joined, as one list) is walked from the right: the first hop that is not a

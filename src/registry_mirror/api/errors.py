@@ -32,6 +32,8 @@ from registry_mirror.upstream import (
 __all__ = [
     "API_VERSION_HEADERS",
     "KIND",
+    "REQUEST_ID_HEADER",
+    "REQUEST_ID_KEY",
     "Handler",
     "RegistryError",
     "add_api_version",
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # What a request asks for ("manifest", "blob", "tags"): which "not found" code it gets.
 KIND: Final = web.RequestKey("kind", str)
+REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)  # set by the root middleware
+REQUEST_ID_HEADER: Final = "X-Request-Id"
 
 API_VERSION_HEADERS: Final = {
     "Docker-Distribution-API-Version": "registry/2.0",
@@ -208,8 +212,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every answer names the API version, as registry:2's do,
-    and echoes containerd's namespace (``?ns=``) in ``OCI-Namespace``."""
+    and echoes containerd's namespace (``?ns=``) in ``OCI-Namespace``; the request id
+    in ``X-Request-Id`` (a response sent before the root middleware sees it)."""
     response.headers.update(API_VERSION_HEADERS)
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
     namespace = request.query.get("ns")
     if namespace and len(namespace) <= 255 and namespace.isprintable():
         response.headers["OCI-Namespace"] = namespace

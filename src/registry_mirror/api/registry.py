@@ -6,6 +6,7 @@ handling and authorisation."""
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from registry_mirror.api.errors import (
     error_response,
     translate,
 )
+from registry_mirror.api.observe import OBSERVER_KEY
 from registry_mirror.api.routes import setup_routes
 from registry_mirror.config import Settings
 from registry_mirror.health import is_probe
@@ -63,13 +65,22 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def root_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The root application's middleware: admission for every path (``access.refusal``:
-    allow list, request rate — the health probes are not counted: a probe refused
-    restarts a pod), then :func:`no_endpoint_middleware`."""
-    refused = refusal(request, counted=not is_probe(request))
-    if refused is not None:
-        return refused
-    return await no_endpoint_middleware(request, handler)
+    """The root application's middleware: the request's id, admission for every path
+    (``access.refusal``: allow list, request rate — the health probes are not
+    counted: a probe refused restarts a pod), then :func:`no_endpoint_middleware`;
+    the answer counted in the metrics (``observe``)."""
+    observer = request.app[OBSERVER_KEY]
+    observer.begin(request)
+    started = time.perf_counter()
+    response: web.StreamResponse | None = refusal(request, counted=not is_probe(request))
+    if response is None:
+        try:
+            response = await no_endpoint_middleware(request, handler)
+        except web.HTTPException as exc:
+            observer.end(request, exc, time.perf_counter() - started)
+            raise
+    observer.end(request, response, time.perf_counter() - started)
+    return response
 
 
 @web.middleware

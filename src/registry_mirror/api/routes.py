@@ -13,10 +13,12 @@ from urllib.parse import quote
 from aiohttp import web
 
 from registry_mirror.api.access import ACCESS_KEY, CLIENT, USER
+from registry_mirror.api.access_log import OUTCOME
 from registry_mirror.api.blob_transfer import send_blob
 from registry_mirror.api.errors import KIND, RegistryError
 from registry_mirror.media_types import Accept
 from registry_mirror.mirror import Mirror, Route
+from registry_mirror.outcome import Outcome
 from registry_mirror.reference import (
     Digest,
     RepoName,
@@ -72,6 +74,7 @@ def _read_only(request: web.Request) -> None:
 
 
 async def base(request: web.Request) -> web.StreamResponse:
+    request[KIND] = "base"
     policy = request.app[ACCESS_KEY]
     if policy.htpasswd is not None and request[USER] is None:
         # The ping tells clients to log in (they send credentials from then on);
@@ -110,12 +113,14 @@ def _mirror(request: web.Request) -> Mirror:
     return request.app[MIRROR_KEY]
 
 
-def _repo(request: web.Request, name: str) -> Route:
-    """The route for a repository name, if this client may read it."""
+def _repo(request: web.Request, name: str) -> tuple[Route, Outcome]:
+    """The route for a repository name, if this client may read it, and the request's
+    outcome (``OUTCOME``) for the mirror to fill in."""
     repo_name: RepoName = _repo_name(name)
     route = _mirror(request).route(repo_name, request.query.get("ns"))
+    request[OUTCOME] = outcome = Outcome(route.entry.name, route.repo)
     request.app[ACCESS_KEY].authorize(request, route.key)
-    return route
+    return route, outcome
 
 
 # --- manifests -------------------------------------------------------------------
@@ -124,10 +129,10 @@ def _repo(request: web.Request, name: str) -> Route:
 async def manifest(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
     reference: Tag | Digest = _reference(ref)
-    route = _repo(request, name)
+    route, outcome = _repo(request, name)
     accept = _accepted(request)
     head = request.method == "HEAD"
-    found = await mirror.manifest(route, reference, accept, need_body=not head)
+    found = await mirror.manifest(route, reference, accept, need_body=not head, outcome=outcome)
     headers = _manifest_headers(found.digest, found.media_type, found.stale)
     if _etag_matches(request, found.digest):
         return web.Response(status=304, headers=headers)
@@ -185,14 +190,14 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
 async def blob(request: web.Request, name: str, ref: str) -> web.StreamResponse:
     mirror = _mirror(request)
     digest: Digest = _digest(ref)
-    route = _repo(request, name)
+    route, outcome = _repo(request, name)
     headers = _blob_headers(digest)
     if request.method == "HEAD":
-        return await _head(request, headers, await mirror.blob_size(route, digest))
+        return await _head(request, headers, await mirror.blob_size(route, digest, outcome))
     if _etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
     with request.app[ACCESS_KEY].limiter.download(request[CLIENT]):
-        return await send_blob(request, mirror, route, digest, headers)
+        return await send_blob(request, mirror, route, digest, headers, outcome=outcome)
 
 
 # --- listings --------------------------------------------------------------------
@@ -230,11 +235,11 @@ def _paginate(
 
 async def tags(request: web.Request, name: str) -> web.StreamResponse:
     mirror = _mirror(request)
-    route = _repo(request, name)
+    route, outcome = _repo(request, name)
     # A bad page size is refused before upstream is asked; a following page (``last``)
     # may come from the list read for the first one a moment ago.
     _, last = _page_args(request, None)
-    listing = await mirror.tags(route, fresh=last is None)
+    listing = await mirror.tags(route, fresh=last is None, outcome=outcome)
     page, link = _paginate(listing.tags, request, None)
     response = web.Response(
         text=json.dumps({"name": name, "tags": page}), content_type="application/json"
@@ -249,6 +254,7 @@ async def tags(request: web.Request, name: str) -> web.StreamResponse:
 
 
 async def catalog(request: web.Request) -> web.StreamResponse:
+    request[KIND] = "catalog"
     _read_only(request)
     mirror = _mirror(request)
     policy = request.app[ACCESS_KEY]

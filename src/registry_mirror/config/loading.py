@@ -44,7 +44,6 @@ COMPAT_KEYS: Final = frozenset(
     {
         "version",
         "log.fields",
-        "log.formatter",
         "log.hooks",
         "log.reportcaller",
         "log.accesslog",
@@ -56,7 +55,6 @@ COMPAT_KEYS: Final = frozenset(
         "storage.tag",
         "http.headers",
         "http.secret",
-        "http.debug",
         "http.host",
         "http.relativeurls",
         "http.http2",
@@ -186,6 +184,7 @@ def load_settings(
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{path}: {message}{where}") from None
     settings.listen()
+    settings.debug_listen()
     settings._proxy_env = proxy_environment(environ)
     settings._service_links = sorted(service_links)
     return settings, ignored

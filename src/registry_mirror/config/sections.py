@@ -27,6 +27,7 @@ __all__ = [
     "DOCKER_HUB_HOSTS",
     "AccessSettings",
     "AuthSettings",
+    "DebugSettings",
     "FileCheckSettings",
     "FilesystemSettings",
     "HTTPCheckSettings",
@@ -35,6 +36,8 @@ __all__ = [
     "HtpasswdSettings",
     "LimitSettings",
     "LogSettings",
+    "MetricsSettings",
+    "PrometheusSettings",
     "ProxySettings",
     "Section",
     "StorageDriverCheckSettings",
@@ -61,9 +64,23 @@ class TLSSettings(Section):
     key: Path | None = None
 
 
+class PrometheusSettings(Section):
+    enabled: bool = False  # registry:2's key: the metrics on the debug listener
+    path: str = "/metrics"
+
+
+class DebugSettings(Section):
+    """registry:2's debug listener (``http.debug``): plain HTTP on an address of its own,
+    serving the metrics when ``prometheus.enabled``."""
+
+    addr: str | None = None
+    prometheus: PrometheusSettings = PrometheusSettings()
+
+
 class HTTPSettings(Section):
     addr: str = ":5000"
     tls: TLSSettings = TLSSettings()
+    debug: DebugSettings = DebugSettings()
     idle_timeout: Duration = 75.0  # a connection must send a whole request within this
     write_timeout: Duration = 300.0  # a client that takes no response bytes this long is dropped
     max_headers: int = 100
@@ -271,3 +288,12 @@ class HealthSettings(Section):
 
 class LogSettings(Section):
     level: Literal["debug", "info", "warning", "warn", "error"] = "info"
+    # registry:2's key: text lines, or one JSON object per line (logstash: the same with
+    # logstash's @timestamp and @version).
+    formatter: Literal["text", "json", "logstash"] = "text"
+
+
+class MetricsSettings(Section):
+    """The mirror's own: ``/metrics`` on the main port too (admission applies, no login)."""
+
+    on_main_port: bool = True

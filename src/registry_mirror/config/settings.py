@@ -20,6 +20,7 @@ from registry_mirror.config.sections import (
     HTTPSettings,
     LimitSettings,
     LogSettings,
+    MetricsSettings,
     ProxySettings,
     Section,
     StorageSettings,
@@ -45,6 +46,7 @@ class Settings(Section):
     limits: LimitSettings = LimitSettings()
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # HTTP_PROXY, HTTPS_PROXY, NO_PROXY from the environment (see outbound_proxy).
     _proxy_env: dict[str, str] = PrivateAttr(default_factory=dict)
     # Kubernetes service-link variables seen in the environment and ignored.
@@ -64,6 +66,8 @@ class Settings(Section):
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ValueError(f"access: invalid network {network!r} (CIDR)") from None
+        if not self.http.debug.prometheus.path.startswith("/"):
+            raise ValueError("http.debug.prometheus.path: a path starting with /")
         if self.auth.anonymous and self.auth.htpasswd.path is None:
             raise ValueError("auth.anonymous: only meaningful with auth.htpasswd.path")
         if self.auth.admins and self.auth.htpasswd.path is None:
@@ -166,7 +170,19 @@ class Settings(Section):
     def listen(self) -> tuple[str, int]:
         """``http.addr`` as (host, port). ``:5000`` (host ``""``) and ``[::]:5000``
         (``"::"``) mean every interface, IPv4 and IPv6; ``0.0.0.0:5000`` IPv4 only."""
-        host, sep, port = self.http.addr.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"http.addr: invalid address {self.http.addr!r} (expected HOST:PORT)")
-        return (host.strip("[]"), int(port))
+        return _host_port("http.addr", self.http.addr)
+
+    def debug_listen(self) -> tuple[str, int] | None:
+        """``http.debug.addr`` as (host, port) when the debug listener has something to
+        serve (``http.debug.prometheus.enabled``), else None."""
+        debug = self.http.debug
+        if debug.addr is None or not debug.prometheus.enabled:
+            return None
+        return _host_port("http.debug.addr", debug.addr)
+
+
+def _host_port(key: str, addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{key}: invalid address {addr!r} (expected HOST:PORT)")
+    return (host.strip("[]"), int(port))

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from registry_mirror.index import Index
+from registry_mirror.metrics import Metrics
 from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.errors import TooManyFetches, Uncacheable
 from registry_mirror.mirror.fill import BlobFill, WriteBudget
 from registry_mirror.mirror.guard import StorageGuard
 from registry_mirror.mirror.presence import Presence
 from registry_mirror.mirror.routing import Route
+from registry_mirror.outcome import CacheResult, Outcome
 from registry_mirror.reference import Digest
 from registry_mirror.storage import BlobInfo, BlobStore, Delivery
 from registry_mirror.upstream import UpstreamError
@@ -80,10 +82,12 @@ class Blobs:
         *,
         on_stored: Callable[[int], None],
         max_fetches: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.max_fetches = max_fetches
+        self._metrics = metrics
         self._presence = presence
         self._guard = guard
         self._pins = pins
@@ -91,6 +95,7 @@ class Blobs:
         self._fills: dict[tuple[str, Digest], BlobFill] = {}
         self._budget = WriteBudget()  # bytes received by the fills, not yet written
         self._fetch_freed = asyncio.Event()  # set (and replaced) when a download ends
+        self.queued = 0  # requests waiting for a download slot (limits.upstream_fetches)
 
     def __repr__(self) -> str:
         return f"<Blobs fills={len(self._fills)}>"
@@ -100,6 +105,10 @@ class Blobs:
         """Upstream downloads in progress."""
         return len(self._fills)
 
+    def fills(self) -> list[BlobFill]:
+        """The downloads in progress (for the metrics: a copy, read at scrape time)."""
+        return list(self._fills.values())
+
     async def close(self) -> None:
         """Cancel the downloads in progress."""
         tasks = [fill.task for fill in self._fills.values() if fill.task is not None]
@@ -107,12 +116,17 @@ class Blobs:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def blob(self, route: Route, digest: Digest) -> BlobSource:
+    async def blob(
+        self, route: Route, digest: Digest, outcome: Outcome | None = None
+    ) -> BlobSource:
         """A cache hit (a file) or a fill in progress; starts the fill on a miss.
 
         Served under ``route`` only when the digest is linked to it or upstream confirms
         it there; storage stays shared, so a confirmed digest is never downloaded twice.
+        ``outcome`` is told how: a hit, a miss (this request started the download, or
+        went straight to upstream), coalesced (it follows a download in progress).
         """
+        outcome = outcome or Outcome()
         key = (route.key, digest)
         fill = self._fills.get(key)
         # A fill forgets itself only after its commit, so looking at the store twice (with
@@ -122,29 +136,37 @@ class Blobs:
                 break
             hit = await self._cached_blob(route, digest)
             if hit is not None:
+                outcome.result = CacheResult.HIT
                 return hit
             fill = self._fills.get(key) or self._fill_elsewhere(digest)
         if fill is None and self.max_fetches and len(self._fills) >= self.max_fetches:
             await self._fetch_slot()
-            return await self.blob(route, digest)  # look again: it may be cached by now
+            return await self.blob(route, digest, outcome)  # look again: cached by now?
         if fill is None:
+            outcome.result = CacheResult.MISS
             fill = self._start_fill(route, digest)
-        elif fill.route.key != route.key:
+        else:
+            outcome.result = CacheResult.COALESCED
+        if fill.route.key != route.key:
             # Another repository's download of these bytes: followed once upstream
             # confirms the digest here too (no second download).
             await self._presence.confirm(route, digest, manifest=False)
         try:
             size = await fill.ready()
         except Uncacheable as exc:
+            outcome.result = CacheResult.MISS
             return await self._direct(route, digest, exc)
         except UpstreamError:
             if fill.route.key == route.key:
                 raise
             # Its repository failed, this one has the digest: a download of its own.
-            fill = self._fills.get(key) or self._start_fill(route, digest)
+            own = self._fills.get(key)
+            outcome.result = CacheResult.MISS if own is None else CacheResult.COALESCED
+            fill = own or self._start_fill(route, digest)
             try:
                 size = await fill.ready()
             except Uncacheable as exc:
+                outcome.result = CacheResult.MISS
                 return await self._direct(route, digest, exc)
         return BlobSource(digest, size, live=fill)
 
@@ -153,13 +175,17 @@ class Blobs:
         than ``limits.upstream_fetches``; TooManyFetches after that."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FETCH_QUEUE_WAIT
-        while len(self._fills) >= self.max_fetches:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._fetch_freed.wait()
+        self.queued += 1
+        try:
+            while len(self._fills) >= self.max_fetches:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._fetch_freed.wait()
+        finally:
+            self.queued -= 1
 
     def _fetch_done(self, _task: asyncio.Task[None]) -> None:
         """A download ended: wake everyone queued for a slot (they look again)."""
@@ -177,7 +203,9 @@ class Blobs:
         if self.max_fetches and len(self._fills) >= self.max_fetches:
             raise TooManyFetches(f"{len(self._fills)} upstream downloads in progress")
         key = (route.key, digest)
-        fill = BlobFill(digest, route, self.store, self._blob_committed, self._budget)
+        fill = BlobFill(
+            digest, route, self.store, self._blob_committed, self._budget, metrics=self._metrics
+        )
         self._fills[key] = fill
         self._pins.add(digest)
 
@@ -212,17 +240,26 @@ class Blobs:
             # their (verified) bytes, the blob is just not cached.
             await self.store.delete(digest)
 
-    async def blob_size(self, route: Route, digest: Digest) -> int | None:
+    async def blob_size(
+        self, route: Route, digest: Digest, outcome: Outcome | None = None
+    ) -> int | None:
         """For HEAD: the cached size (once linked or confirmed), or upstream's answer to
-        a HEAD (no download)."""
+        a HEAD (no download). ``outcome``: a hit, coalesced (the size from a download in
+        progress) or a miss (upstream asked)."""
+        outcome = outcome or Outcome()
         info = await self.store.stat(digest)
         if info is not None:
             await self._presence.check(route, digest, manifest=False)
+            outcome.result = CacheResult.HIT
             return info.size
         fill = self._fills.get((route.key, digest))
         if fill is not None:
             try:
-                return await fill.ready()
+                size = await fill.ready()
             except Uncacheable as exc:
                 self._guard.failing(exc)  # the download goes on uncached: ask upstream
+            else:
+                outcome.result = CacheResult.COALESCED
+                return size
+        outcome.result = CacheResult.MISS
         return await route.upstream.head_blob(route.repo, digest)

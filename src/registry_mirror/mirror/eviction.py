@@ -20,10 +20,18 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from registry_mirror.index import CacheSnapshot, Index
+from registry_mirror.metrics import Metrics
 from registry_mirror.reference import Digest
-from registry_mirror.storage import BlobStore, Capacity, sizes_on_disk, stored_bytes
+from registry_mirror.storage import BlobStore, Capacity, Census, sizes_on_disk, stored_bytes
 
-__all__ = ["EvictionPlan", "Evictor", "StorageLimits", "plan_eviction", "used_bytes"]
+__all__ = [
+    "EvictionPlan",
+    "Evictor",
+    "StorageLimits",
+    "measure_cache",
+    "plan_eviction",
+    "used_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +60,13 @@ class Image:
 
 @dataclass(slots=True)
 class EvictionPlan:
-    """Digests to remove, in order, and the bytes that frees."""
+    """Digests to remove, in order, and the bytes that frees; why each goes (the limit
+    that asked for it: ``quota``, ``min_free``, ``max_idle``)."""
 
     digests: list[Digest] = field(default_factory=list)
     images: list[Digest] = field(default_factory=list)
     freed: int = 0
+    reasons: dict[Digest, str] = field(default_factory=dict)  # of images and digests
 
     def __bool__(self) -> bool:
         return bool(self.digests)
@@ -97,10 +107,12 @@ def plan_eviction(
     protected: Collection[Digest] = (),
     only: Callable[[Image], bool] | None = None,
     sizes: dict[Digest, int] | None = None,
+    reason: str = "quota",
 ) -> EvictionPlan:
     """Choose images to evict: every image idle past ``max_idle``, then LRU images
-    until ``need`` bytes are freed. Images holding a ``protected`` digest (being served
-    or written) stay. ``sizes`` gives bytes on disk (defaults to the indexed sizes)."""
+    until ``need`` bytes are freed (for ``reason``). Images holding a ``protected``
+    digest (being served or written) stay. ``sizes`` gives bytes on disk (defaults to
+    the indexed sizes)."""
     images = images_of(snapshot)
     holders: dict[Digest, int] = {}
     for image in images:
@@ -116,6 +128,8 @@ def plan_eviction(
         if any(member in protected for member in image.members):
             continue
         plan.images.append(image.root)
+        why = "max_idle" if idle else reason
+        plan.reasons[image.root] = why
         freed_here: list[Digest] = []
         for member in image.members:
             holders[member] -= 1
@@ -131,6 +145,7 @@ def plan_eviction(
         )
         for digest in freed_here:
             plan.digests.append(digest)
+            plan.reasons[digest] = why
             plan.freed += (sizes or {}).get(digest, snapshot.items[digest].size)
     return plan
 
@@ -161,6 +176,19 @@ async def used_bytes(store: BlobStore, index: Index) -> int:
     return sum(item.size for item in (await index.snapshot()).items.values())
 
 
+async def measure_cache(store: BlobStore, index: Index) -> tuple[int, int | None]:
+    """(bytes the cache takes, blobs it holds): as :func:`used_bytes`, with the count
+    of blobs where it comes at no extra cost (a store that counts as it measures, or
+    the index's snapshot); None otherwise."""
+    if isinstance(store, Census):
+        blobs, nbytes = await store.census()
+        return nbytes, blobs
+    if isinstance(store, Capacity):
+        return await store.disk_usage(), None
+    items = (await index.snapshot()).items
+    return sum(item.size for item in items.values()), len(items)
+
+
 class Evictor:
     """Keeps the cache within its limits, in the background.
 
@@ -169,7 +197,8 @@ class Evictor:
     get evicted before it is known) and kept up to date as content is added and removed.
     A file committed while the cache is being measured may be counted twice (seen by the
     scan and added): ``used`` errs high, by at most what was written during the scan,
-    until the next measurement.
+    until the next measurement. ``blobs`` (None until measured, or when the store cannot
+    count) is kept the same way.
     """
 
     def __init__(
@@ -178,6 +207,7 @@ class Evictor:
         store: BlobStore,
         limits: StorageLimits,
         in_use: Callable[[], Iterable[Digest]],
+        metrics: Metrics | None = None,
     ) -> None:
         # Told what each eviction removed (memories of the index forget it).
         self.on_evict: list[Callable[[list[Digest]], None]] = []
@@ -185,9 +215,12 @@ class Evictor:
         self.store = store
         self.limits = limits
         self._in_use = in_use
+        self._metrics = metrics
         self.used = 0
+        self.blobs: int | None = None
         self.measured = asyncio.Event()  # set once ``used`` counts the whole cache
         self._added_total = 0  # bytes ever added, to count those added during a scan
+        self._added_count = 0  # blobs ever added, likewise
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -208,6 +241,9 @@ class Evictor:
         nbytes = stored_bytes(self.store, size)
         self.used += nbytes
         self._added_total += nbytes
+        self._added_count += 1
+        if self.blobs is not None:
+            self.blobs += 1
         if self.limits.quota is not None and self.used > self.limits.quota:
             self._wake.set()
 
@@ -240,10 +276,11 @@ class Evictor:
 
     async def _measure(self, *, first: bool) -> None:
         started = time.monotonic()
-        added_before = self._added_total
-        on_disk = await used_bytes(self.store, self.index)
+        added_before, count_before = self._added_total, self._added_count
+        on_disk, blobs = await measure_cache(self.store, self.index)
         # Evictions run in this task, never during the scan; additions may.
         self.used = on_disk + self._added_total - added_before
+        self.blobs = None if blobs is None else blobs + self._added_count - count_before
         self.measured.set()
         log.log(
             logging.INFO if first else logging.DEBUG,
@@ -252,19 +289,22 @@ class Evictor:
             time.monotonic() - started,
         )
 
-    async def _need(self) -> int:
-        need = 0
+    async def _need(self) -> tuple[int, str]:
+        """Bytes to free, and the limit that asks for the most."""
+        need, reason = 0, "quota"
         quota = self.limits.quota
         if quota is not None and self.used > quota:
-            need = max(need, self.used - int(quota * LOW_WATERMARK))
+            need = self.used - int(quota * LOW_WATERMARK)
         if self.limits.min_free is not None and isinstance(self.store, Capacity):
             free = await self.store.free_space()
             if free is not None and free < self.limits.min_free:
-                need = max(need, int(self.limits.min_free * 1.1) - free)
-        return need
+                short = int(self.limits.min_free * 1.1) - free
+                if short > need:
+                    need, reason = short, "min_free"
+        return need, reason
 
     async def run_once(self) -> EvictionPlan:
-        need = await self._need()
+        need, reason = await self._need()
         if need <= 0 and self.limits.max_idle is None:
             return EvictionPlan()
         snapshot = await self.index.snapshot()
@@ -276,6 +316,7 @@ class Evictor:
             now=time.time(),
             max_idle=self.limits.max_idle,
             protected=set(self._in_use()),
+            reason=reason,
         )
         if not plan:
             if need > 0:
@@ -287,6 +328,9 @@ class Evictor:
             listener(removed)
         freed = sum(sizes.get(digest, 0) for digest in removed)
         self.used = max(0, self.used - freed)
+        if self.blobs is not None:
+            self.blobs = max(0, self.blobs - files)
+        self._count(plan, removed, sizes)
         kept = len(plan.digests) - len(removed)
         log.info(
             "evicted %d images (%d files, %d bytes on disk%s); cache now %d bytes",
@@ -297,3 +341,19 @@ class Evictor:
             self.used,
         )
         return plan
+
+    def _count(self, plan: EvictionPlan, removed: list[Digest], sizes: dict[Digest, int]) -> None:
+        """The eviction's images, blobs and bytes, by the reason each went."""
+        if self._metrics is None:
+            return
+        tally: dict[str, list[int]] = {}
+        gone = set(removed)
+        for root in plan.images:
+            if root in gone:  # an image whose root stayed (referenced since) was not evicted
+                tally.setdefault(plan.reasons[root], [0, 0, 0])[0] += 1
+        for digest in removed:
+            counts = tally.setdefault(plan.reasons.get(digest, "quota"), [0, 0, 0])
+            counts[1] += 1
+            counts[2] += sizes.get(digest, 0)
+        for why, (images, blobs, nbytes) in tally.items():
+            self._metrics.evicted(why, images, blobs, nbytes)

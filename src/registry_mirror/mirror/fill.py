@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from registry_mirror.metrics import Metrics
 from registry_mirror.mirror.direct import DirectBlob
 from registry_mirror.mirror.errors import FillFailed, Uncacheable
 from registry_mirror.mirror.routing import Route
@@ -92,6 +93,8 @@ class BlobFill:
         store: BlobStore,
         on_commit: Callable[[Route, Digest, BlobInfo], Awaitable[None]],
         budget: WriteBudget | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.digest = digest
         self.route = route
@@ -118,6 +121,8 @@ class BlobFill:
         self._verdict = asyncio.Event()  # set when verified, or when the fill ended
         self._moved = asyncio.Event()  # set (and replaced) when bytes arrive or the fill ends
         self.task: asyncio.Task[None] | None = None
+        self.clients = 0  # responses taking bytes from this fill now
+        self._metrics = metrics
 
     def __repr__(self) -> str:
         state = "failed" if self.error else "done" if self.done else "filling"
@@ -147,13 +152,16 @@ class BlobFill:
             self.committed = True
             await self._on_commit(self.route, self.digest, info)
             log.info("cached %s (%d bytes) via %s", self.digest, info.size, self.route)
+            self._count("cached")
             await self._finish(None)
         except DigestMismatch as exc:
             log.error("discarded %s from upstream: %s", self.digest, exc)
+            self._count("failed")
             await self._finish(UpstreamDigestMismatch(str(exc)))
         except StorageError as exc:
             await self._stop_writing()
             await staged.abort()
+            self._count("uncached")
             # Nothing received yet: the clients can still be served straight from upstream.
             # Later, each goes on from upstream where it stands (``stream``).
             await self._finish(exc if self._answered else Uncacheable(str(exc)))
@@ -162,14 +170,21 @@ class BlobFill:
             log.log(level, "fill of %s failed: %s", self.digest, exc)
             await self._stop_writing()
             await staged.abort()
+            self._count("failed")
             await self._finish(exc)
         except BaseException as exc:
             await self._stop_writing()
             await staged.abort()
+            self._count("failed")
             await self._finish(exc)
             raise
         finally:
             self._budget.used -= self.received - self.written
+
+    def _count(self, result: str) -> None:
+        """The fill ended: ``cached``, ``failed`` or ``uncached`` (the store failed)."""
+        if self._metrics is not None:
+            self._metrics.fill_done(self.route.entry.name, result)
 
     async def _download(self, staged: StagedBlob) -> None:
         attempt = 0
@@ -347,75 +362,79 @@ class BlobFill:
         of a big layer) is asked of upstream by itself, while the fill goes on; if that
         request fails before any byte, the range waits for the fill instead.
         """
-        if self._far_ahead(start, end):
-            assert end is not None
+        self.clients += 1  # counted for the metrics while this response takes bytes
+        try:
+            if self._far_ahead(start, end):
+                assert end is not None
+                try:
+                    upstream = await self._upstream.get_blob(self.repo, self.digest, start, end)
+                except UpstreamError as exc:
+                    log.info("range %d-%d of %s follows the fill: %s", start, end, self.digest, exc)
+                else:
+                    direct = DirectBlob(self.digest, upstream)
+                    try:
+                        async for chunk in direct.stream(start, end):
+                            yield chunk
+                    finally:
+                        direct.close()
+                    return
+            staged = self._staged
+            if staged is None:
+                raise FillFailed(str(self.error or "fill did not start"))
             try:
-                upstream = await self._upstream.get_blob(self.repo, self.digest, start, end)
-            except UpstreamError as exc:
-                log.info("range %d-%d of %s follows the fill: %s", start, end, self.digest, exc)
-            else:
-                direct = DirectBlob(self.digest, upstream)
-                try:
-                    async for chunk in direct.stream(start, end):
-                        yield chunk
-                finally:
-                    direct.close()
-                return
-        staged = self._staged
-        if staged is None:
-            raise FillFailed(str(self.error or "fill did not start"))
-        try:
-            reader = staged.reader()
-        except StorageError as exc:
-            if self.committed:
-                # Committed between the lookup and now: the verified file is there.
-                try:
-                    async for chunk in self._store.open(self.digest, start, end):
-                        yield chunk
-                except StorageError as gone:
-                    raise FillFailed(str(gone)) from gone
-                return
-            raise FillFailed(str(self.error or exc)) from exc
-        sent = start  # everything before this offset has been yielded
-        whole = start == 0 and end in (None, self.size)
-        try:
-            while end is None or sent < end:
-                if self.error is not None:
-                    break
-                available = self.received
-                if sent < available:
-                    size = available - sent if end is None else min(available, end) - sent
-                    piece: bytes | FileSpan | None = self._from_memory(sent, size)
-                    if piece is None and spans and isinstance(reader, LocalStagedReader):
-                        piece = FileSpan(reader.fileno(), sent, min(size, self.written - sent))
-                    if piece is None:
-                        piece = await reader.read(sent, min(READ_CHUNK, size))
-                    length = len(piece)
-                    if not length:
-                        raise FillFailed("staged file shorter than written")
-                    if whole and sent + length == self.size:
-                        # The last bytes of the whole blob wait for the verdict on the
-                        # digest: a client never completes a response of unverified data.
-                        # (A range is answered as soon as its bytes are here.)
-                        await self._verdict.wait()
-                        if not self.verified:
-                            break
-                    sent += length
-                    yield piece
-                    continue
-                if self.done:
-                    break
-                await self._wait_progress(sent)
-            else:
-                return
-            if self.error is None:
-                return
-            if not isinstance(self.error, StorageError):
-                raise FillFailed(str(self.error))
-            async for chunk in self._continue_direct(reader, start, sent, end):
-                yield chunk
+                reader = staged.reader()
+            except StorageError as exc:
+                if self.committed:
+                    # Committed between the lookup and now: the verified file is there.
+                    try:
+                        async for chunk in self._store.open(self.digest, start, end):
+                            yield chunk
+                    except StorageError as gone:
+                        raise FillFailed(str(gone)) from gone
+                    return
+                raise FillFailed(str(self.error or exc)) from exc
+            sent = start  # everything before this offset has been yielded
+            whole = start == 0 and end in (None, self.size)
+            try:
+                while end is None or sent < end:
+                    if self.error is not None:
+                        break
+                    available = self.received
+                    if sent < available:
+                        size = available - sent if end is None else min(available, end) - sent
+                        piece: bytes | FileSpan | None = self._from_memory(sent, size)
+                        if piece is None and spans and isinstance(reader, LocalStagedReader):
+                            piece = FileSpan(reader.fileno(), sent, min(size, self.written - sent))
+                        if piece is None:
+                            piece = await reader.read(sent, min(READ_CHUNK, size))
+                        length = len(piece)
+                        if not length:
+                            raise FillFailed("staged file shorter than written")
+                        if whole and sent + length == self.size:
+                            # The last bytes of the whole blob wait for the verdict on the
+                            # digest: a client never completes a response of unverified data.
+                            # (A range is answered as soon as its bytes are here.)
+                            await self._verdict.wait()
+                            if not self.verified:
+                                break
+                        sent += length
+                        yield piece
+                        continue
+                    if self.done:
+                        break
+                    await self._wait_progress(sent)
+                else:
+                    return
+                if self.error is None:
+                    return
+                if not isinstance(self.error, StorageError):
+                    raise FillFailed(str(self.error))
+                async for chunk in self._continue_direct(reader, start, sent, end):
+                    yield chunk
+            finally:
+                reader.close()
         finally:
-            reader.close()
+            self.clients -= 1
 
     def _far_ahead(self, start: int, end: int | None) -> bool:
         """A short range that begins well past what the download has received."""

@@ -24,6 +24,7 @@ from registry_mirror.mirror.guard import StorageGuard
 from registry_mirror.mirror.presence import Presence
 from registry_mirror.mirror.routing import Route
 from registry_mirror.mirror.singleflight import SingleFlight
+from registry_mirror.outcome import CacheResult, Outcome
 from registry_mirror.reference import Digest, Tag
 from registry_mirror.storage import BlobStore, StorageError
 from registry_mirror.upstream import (
@@ -162,7 +163,13 @@ class Manifests:
         self._memory.discard(digests)
 
     async def manifest(
-        self, route: Route, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
+        self,
+        route: Route,
+        reference: Tag | Digest,
+        accept: Accept,
+        *,
+        need_body: bool = True,
+        outcome: Outcome | None = None,
     ) -> Manifest:
         """The manifest to answer with.
 
@@ -171,17 +178,22 @@ class Manifests:
         an index is negotiated for ``accept``. By digest: exactly those bytes, never
         another manifest; from the cache when the digest is linked to the repository,
         else confirmed with (or fetched from) upstream under that repository.
+
+        ``outcome`` is told how: by digest a hit, a miss (fetched) or coalesced (another
+        request's fetch); by tag revalidated (upstream named a cached manifest), a miss,
+        coalesced, or stale (upstream could not be asked).
         """
+        outcome = outcome or Outcome()
         if accept.only_schema1:
             raise ManifestUnacceptable(
                 "only schema1 manifests accepted: this mirror serves schema2 and OCI manifests"
             )
         if isinstance(reference, Digest):
-            found = await self._by_digest(route, reference)
+            found = await self._by_digest(route, reference, outcome)
             self.index.touch(found.digest)
             return found
-        manifest = await self._by_tag(route, reference.value, accept, need_body)
-        served = await self._negotiate(route, manifest, accept)
+        manifest = await self._by_tag(route, reference.value, accept, need_body, outcome)
+        served = await self._negotiate(route, manifest, accept, outcome)
         self.index.touch(served.digest)
         if served.digest != manifest.digest:
             self.index.touch(manifest.digest)
@@ -201,7 +213,7 @@ class Manifests:
             manifest = await self._fetch_manifest(route, reference, info.digest, tag=None)
             fetched.append(manifest.digest)
         else:
-            manifest = await self._by_digest(route, info.digest)
+            manifest = await self._by_digest(route, info.digest, Outcome())
         if manifest.media_type in INDEX_TYPES and manifest.body is not None:
             try:
                 children = parse_manifest(manifest.body, manifest.media_type).references
@@ -210,7 +222,7 @@ class Manifests:
             for child in children:
                 if await self._cached_manifest(child) is None:
                     fetched.append(child)
-                await self._by_digest(route, child)
+                await self._by_digest(route, child, Outcome())
         if await self.index.get_manifest(manifest.digest) is None:
             raise StorageError(f"manifest {route}@{manifest.digest} could not be stored")
         self._pending_tags.pop(key, None)  # an older HEAD's answer must not come back
@@ -218,11 +230,14 @@ class Manifests:
         await self.index.set_tag(route.key, tag, manifest.digest)
         return Refreshed(old, manifest, fetched)
 
-    async def _by_tag(self, route: Route, tag: str, accept: Accept, need_body: bool) -> Manifest:
+    async def _by_tag(
+        self, route: Route, tag: str, accept: Accept, need_body: bool, outcome: Outcome
+    ) -> Manifest:
         """Revalidate the tag with upstream; if upstream cannot answer (down, timing out,
         rate limiting) at any step, the last manifest cached for the tag is served."""
+        outcome.result = CacheResult.MISS  # until known better: upstream is asked
         try:
-            return await self._revalidate(route, tag, accept, need_body)
+            return await self._revalidate(route, tag, accept, need_body, outcome)
         except UpstreamNotFound:
             await self._guard.record(self.index.delete_tag(route.key, tag))
             raise
@@ -231,16 +246,18 @@ class Manifests:
             if stale is None:
                 raise
             self._log_stale(route, tag, exc)
+            outcome.result = CacheResult.STALE
             return stale
 
     async def _revalidate(
-        self, route: Route, tag: str, accept: Accept, need_body: bool
+        self, route: Route, tag: str, accept: Accept, need_body: bool, outcome: Outcome
     ) -> Manifest:
         info = await self._tag_checks.run(
             (route.key, tag), lambda: route.upstream.head_manifest(route.repo, tag)
         )
         if info.digest is None:
             # An upstream that does not announce digests on HEAD: fetch by tag and hash.
+            outcome.result = CacheResult.MISS
             return await self._fetch_manifest(route, tag, None, tag=tag)
         cached = await self._cached_manifest(info.digest)
         if cached is not None:
@@ -248,13 +265,15 @@ class Manifests:
             # (whether the client asked with GET or, as Docker and containerd do, HEAD).
             await self._presence.ensure_linked(route, info.digest)
             await self._guard.record(self.index.set_tag(route.key, tag, info.digest))
+            outcome.result = CacheResult.REVALIDATED
             return cached
         # Not cached: the tag is recorded once this digest is (see _store_manifest).
         self._expect_tag(route, tag, info.digest)
         answerable = accept.accepts(info.media_type) or accept.wildcard or not accept.types
         if not need_body and info.media_type not in INDEX_TYPES and info.size and answerable:
+            outcome.result = CacheResult.MISS  # upstream's HEAD answers, nothing cached
             return Manifest(info.digest, info.media_type, info.size, None)
-        return await self._by_digest(route, info.digest, tag=tag)
+        return await self._by_digest(route, info.digest, outcome, tag=tag)
 
     def _expect_tag(self, route: Route, tag: str, digest: Digest) -> None:
         """Remember, briefly, that upstream said ``tag`` → ``digest``: a client that
@@ -296,9 +315,12 @@ class Manifests:
             tag,
         )
 
-    async def _by_digest(self, route: Route, digest: Digest, tag: str | None = None) -> Manifest:
+    async def _by_digest(
+        self, route: Route, digest: Digest, outcome: Outcome, tag: str | None = None
+    ) -> Manifest:
         cached = self._memory.get(digest)
         if cached is not None and self._presence.known(route, digest):
+            outcome.result = CacheResult.HIT
             return cached  # the usual hit: from memory, linked here, nothing awaited
         if cached is None:
             cached = await self._cached_manifest(digest)
@@ -306,9 +328,14 @@ class Manifests:
             # Cached through another repository? Served here only if upstream has it
             # here too (a HEAD, no download); else MANIFEST_UNKNOWN (or the outage).
             await self._presence.check(route, digest, manifest=True)
+            outcome.result = CacheResult.HIT
             return cached
+        key = (route.key, digest)
+        outcome.result = (
+            CacheResult.COALESCED if key in self._manifest_fetches else CacheResult.MISS
+        )
         return await self._manifest_fetches.run(
-            (route.key, digest), lambda: self._fetch_manifest(route, str(digest), digest, tag=tag)
+            key, lambda: self._fetch_manifest(route, str(digest), digest, tag=tag)
         )
 
     async def _cached_manifest(self, digest: Digest) -> Manifest | None:
@@ -390,13 +417,18 @@ class Manifests:
         await self._settle_tags(route, digest)
         return True
 
-    async def _negotiate(self, route: Route, manifest: Manifest, accept: Accept) -> Manifest:
+    async def _negotiate(
+        self, route: Route, manifest: Manifest, accept: Accept, outcome: Outcome
+    ) -> Manifest:
+        """The default platform's image manifest for a client that takes no index. The
+        outcome is the tag's (revalidated, stale) unless the image had to be fetched."""
         if manifest.media_type not in INDEX_TYPES or accept.indexes:
             return manifest
         # A client that takes no index gets the default platform's image manifest.
+        child_outcome = Outcome()
         body = manifest.body
         if body is None:
-            manifest = await self._by_digest(route, manifest.digest)
+            manifest = await self._by_digest(route, manifest.digest, child_outcome)
             body = manifest.body
         assert body is not None
         try:
@@ -408,7 +440,10 @@ class Manifests:
             raise ManifestUnacceptable(
                 f"the index has no {self.default_platform} manifest and the client accepts no index"
             )
-        result = await self._by_digest(route, child[0])
+        result = await self._by_digest(route, child[0], child_outcome)
+        fetched = (CacheResult.MISS, CacheResult.COALESCED)
+        if outcome.result is not CacheResult.STALE and child_outcome.result in fetched:
+            outcome.result = child_outcome.result
         if result.media_type in INDEX_TYPES:
             raise ManifestUnacceptable("nested index for the default platform")
         return Manifest(

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 
 from registry_mirror.index import Index
 from registry_mirror.media_types import Accept, Platform
+from registry_mirror.metrics import Metrics
 from registry_mirror.mirror.blobs import Blobs, BlobSource, Pins
 from registry_mirror.mirror.eviction import Evictor
 from registry_mirror.mirror.guard import StorageGuard
@@ -19,6 +20,7 @@ from registry_mirror.mirror.presence import Presence
 from registry_mirror.mirror.recovery import adopt_orphans
 from registry_mirror.mirror.routing import Route, Router
 from registry_mirror.mirror.tag_lists import TagListing, TagLists
+from registry_mirror.outcome import Outcome
 from registry_mirror.reference import Digest, RepoName, Tag
 from registry_mirror.storage import BlobStore
 
@@ -36,10 +38,12 @@ class Mirror:
         *,
         default_platform: Platform = DEFAULT_PLATFORM,
         max_fetches: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.router = router
+        self.evictor = evictor
         self._pins = pins
         self._evictor = evictor
         guard = StorageGuard()
@@ -61,6 +65,7 @@ class Mirror:
             pins,
             on_stored=evictor.added,
             max_fetches=max_fetches,
+            metrics=metrics,
         )
         self._tag_lists = TagLists(index)
         evictor.on_evict.append(self._evicted)
@@ -109,22 +114,36 @@ class Mirror:
         return self.router.resolve(name, namespace)
 
     async def manifest(
-        self, route: Route, reference: Tag | Digest, accept: Accept, *, need_body: bool = True
+        self,
+        route: Route,
+        reference: Tag | Digest,
+        accept: Accept,
+        *,
+        need_body: bool = True,
+        outcome: Outcome | None = None,
     ) -> Manifest:
-        return await self.manifests.manifest(route, reference, accept, need_body=need_body)
+        return await self.manifests.manifest(
+            route, reference, accept, need_body=need_body, outcome=outcome
+        )
 
-    async def blob(self, route: Route, digest: Digest) -> BlobSource:
-        return await self.blobs.blob(route, digest)
+    async def blob(
+        self, route: Route, digest: Digest, outcome: Outcome | None = None
+    ) -> BlobSource:
+        return await self.blobs.blob(route, digest, outcome)
 
-    async def blob_size(self, route: Route, digest: Digest) -> int | None:
-        return await self.blobs.blob_size(route, digest)
+    async def blob_size(
+        self, route: Route, digest: Digest, outcome: Outcome | None = None
+    ) -> int | None:
+        return await self.blobs.blob_size(route, digest, outcome)
 
     def hold(self, digest: Digest) -> AbstractContextManager[None]:
         """Keep a blob from eviction while it is served."""
         return self._pins.hold(digest)
 
-    async def tags(self, route: Route, *, fresh: bool = True) -> TagListing:
-        return await self._tag_lists.tags(route, fresh=fresh)
+    async def tags(
+        self, route: Route, *, fresh: bool = True, outcome: Outcome | None = None
+    ) -> TagListing:
+        return await self._tag_lists.tags(route, fresh=fresh, outcome=outcome)
 
     async def catalog_keys(self) -> list[tuple[str, str]]:
         """Cached repositories: (as clients name them, cache key), e.g.

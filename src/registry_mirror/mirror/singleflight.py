@@ -32,6 +32,10 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def __contains__(self, key: K) -> bool:
+        """Is a computation for ``key`` in flight (a caller now would follow it)?"""
+        return key in self._tasks
+
     async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
         task = self._tasks.get(key)
         if task is None:

@@ -13,6 +13,7 @@ from registry_mirror.index import Index
 from registry_mirror.logs import ThrottledLog
 from registry_mirror.mirror.routing import Route
 from registry_mirror.mirror.singleflight import SingleFlight
+from registry_mirror.outcome import CacheResult, Outcome
 from registry_mirror.upstream import MAX_TAG_PAGES, UpstreamRateLimited, UpstreamUnavailable
 
 __all__ = ["TagListing", "TagLists"]
@@ -37,22 +38,32 @@ class TagLists:
         self._tag_listings: SingleFlight[str, TagListing] = SingleFlight("tag lists")
         self._stale_log = ThrottledLog(log)  # once a minute per repository
 
-    async def tags(self, route: Route, *, fresh: bool = True) -> TagListing:
+    async def tags(
+        self, route: Route, *, fresh: bool = True, outcome: Outcome | None = None
+    ) -> TagListing:
         """Tags from upstream; the cached ones when upstream cannot be asked.
 
         The full upstream list is kept for a short while, so the following pages of a
         paginated listing (``fresh=False``) do not read every upstream page again.
+        ``outcome`` is told how: hit (a list read a moment ago), miss (read from
+        upstream), coalesced (another request's read), stale (the cached tags).
         """
+        outcome = outcome or Outcome()
         now = time.monotonic()
         remembered = self._tag_lists.get(route.key)
         if not fresh and remembered is not None and remembered[0] > now:
+            outcome.result = CacheResult.HIT
             return remembered[1]
+        outcome.result = (
+            CacheResult.COALESCED if route.key in self._tag_listings else CacheResult.MISS
+        )
         try:
             listing = await self._tag_listings.run(route.key, lambda: self._list_tags(route))
         except (UpstreamUnavailable, UpstreamRateLimited) as exc:
             cached = await self.index.list_tags(route.key)
             if not cached:
                 raise
+            outcome.result = CacheResult.STALE
             self._stale_log(
                 f"tags {route.key}",
                 logging.WARNING,

@@ -3,7 +3,8 @@
 The core (:class:`BlobStore`) is what every store does. What only some stores can do is
 an optional capability, a protocol of its own that callers test for with ``isinstance``:
 :class:`LocalFiles` (a descriptor for zero-copy serving), :class:`Capacity` (bytes used
-and free on a disk of its own), :class:`Staging` (leftovers of interrupted writes).
+and free on a disk of its own), :class:`Census` (the blobs and their bytes in one walk),
+:class:`Staging` (leftovers of interrupted writes).
 How a committed blob leaves the server is the store's to say (:meth:`BlobStore.delivery`):
 from a local file, as a stream, or by redirecting the client.
 """
@@ -20,6 +21,7 @@ __all__ = [
     "BlobInfo",
     "BlobStore",
     "Capacity",
+    "Census",
     "Delivery",
     "DigestMismatch",
     "LocalFile",
@@ -193,6 +195,15 @@ class Capacity(Protocol):
 
     def allocated(self, size: int) -> int:
         """Bytes on disk a blob of ``size`` bytes takes (whole blocks)."""
+        ...
+
+
+@runtime_checkable
+class Census(Protocol):
+    """A store that counts its committed blobs as it measures them."""
+
+    async def census(self) -> tuple[int, int]:
+        """(blobs, bytes on disk) of every committed blob, measured in one walk."""
         ...
 
 

@@ -221,17 +221,21 @@ class FilesystemBlobStore:
             yield digest
 
     async def disk_usage(self) -> int:
-        def measure() -> int:
-            total = 0
+        return (await self.census())[1]
+
+    async def census(self) -> tuple[int, int]:
+        def measure() -> tuple[int, int]:
+            files = total = 0
             if not self.blobs_dir.is_dir():
-                return 0
+                return 0, 0
             for algorithm in os.scandir(self.blobs_dir):
                 for prefix in os.scandir(algorithm.path) if algorithm.is_dir() else ():
                     self._check_open()
                     for entry in os.scandir(prefix.path) if prefix.is_dir() else ():
                         with contextlib.suppress(FileNotFoundError):
                             total += entry.stat(follow_symlinks=False).st_blocks * 512
-            return total
+                            files += 1
+            return files, total
 
         return await self._scan_io(measure)
 

@@ -174,6 +174,8 @@ class Authenticator:
                         else f"{name}'s token service refused anonymous access"
                     )
                 if response.status == 429:
+                    if self._sender.metrics is not None:
+                        self._sender.metrics.rate_limited.inc()
                     raise status_error(response, "token request")
                 if response.status != 200:
                     raise UpstreamUnavailable(f"{name}'s token service answered {response.status}")

@@ -19,6 +19,7 @@ from yarl import URL
 
 from registry_mirror.config import OutboundProxy
 from registry_mirror.media_types import MANIFEST_ACCEPT
+from registry_mirror.metrics import UpstreamMetrics
 from registry_mirror.reference import Digest
 from registry_mirror.upstream.auth import JSON_ENCODINGS, Authenticator, parse_challenge
 from registry_mirror.upstream.base import BlobStream, ManifestInfo, TagList
@@ -29,11 +30,13 @@ from registry_mirror.upstream.errors import (
     UpstreamProtocolError,
 )
 from registry_mirror.upstream.responses import (
+    RateLimit,
     ResponseBlobStream,
     content_range,
     encoded,
     manifest_info,
     next_link,
+    ratelimit,
     read_decoded,
     status_error,
 )
@@ -72,11 +75,13 @@ class RegistryClient:
         metadata_timeout: float = 5.0,
         allow_private_redirects: bool = False,
         proxy: OutboundProxy | None = None,
+        metrics: UpstreamMetrics | None = None,
     ) -> None:
         self.origin = URL(url.rstrip("/"))
         self.name = name
         if isinstance(sessions, aiohttp.ClientSession):
             sessions = Sessions.single(sessions)
+        self.metrics = metrics
         self._sender = Sender(
             self.origin,
             sessions,
@@ -85,13 +90,14 @@ class RegistryClient:
             read_timeout=read_timeout,
             allow_private_redirects=allow_private_redirects,
             proxy=proxy or OutboundProxy(),
+            metrics=metrics,
         )
         self._auth = Authenticator(self._sender, username, password)
         self.metadata_timeout = metadata_timeout
         self.breaker = Breaker(name)
         self._negative: dict[tuple[str, str, str], tuple[float, UpstreamError]] = {}
-        self.ratelimit_remaining: str | None = None
-        self.ratelimit_limit: str | None = None
+        # The rate limit upstream announced last (Docker Hub's ratelimit-* headers).
+        self.ratelimit: RateLimit | None = None
 
     def __repr__(self) -> str:
         return f"<RegistryClient {self.name} {self.origin}>"
@@ -133,6 +139,8 @@ class RegistryClient:
                 body = await read_decoded(response, MAX_MANIFEST_SIZE)
             finally:
                 response.release()
+            if self.metrics is not None:
+                self.metrics.received["manifest"].inc(len(body))
             info = manifest_info(response)
             return ManifestInfo(info.digest, info.media_type, len(body)), body
 
@@ -157,13 +165,14 @@ class RegistryClient:
         # Layer bytes are never decoded: identity was asked, and a coding announced anyway
         # is either a proxy's (the digest check refuses the result) or a mislabelled
         # gzip layer (the bytes are the layer).
+        counted = None if self.metrics is None else self.metrics.received["blob"].inc
         if response.status == 206:
             start, total = content_range(response.headers.get("Content-Range"))
             if start != offset:
                 response.close()
                 raise UpstreamProtocolError(f"asked for bytes from {offset}, got from {start}")
-            return ResponseBlobStream(response, total, start)
-        return ResponseBlobStream(response, response.content_length, 0)
+            return ResponseBlobStream(response, total, start, counted)
+        return ResponseBlobStream(response, response.content_length, 0, counted)
 
     async def list_tags(self, repo: str) -> TagList:
         return await self._metadata(("tags", repo, ""), lambda: self._list_tags(repo))
@@ -180,7 +189,10 @@ class RegistryClient:
                 {"Accept": "application/json", "Accept-Encoding": JSON_ENCODINGS},
             )
             try:
-                body = json.loads((await read_decoded(response, MAX_TAG_LIST)).decode())
+                raw = await read_decoded(response, MAX_TAG_LIST)
+                if self.metrics is not None:
+                    self.metrics.received["tags"].inc(len(raw))
+                body = json.loads(raw.decode())
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise UpstreamProtocolError(f"unreadable tag list for {repo}") from exc
             finally:
@@ -282,13 +294,20 @@ class RegistryClient:
         raise status_error(response, f"{method} {repo}/{path}")
 
     def _note_ratelimit(self, response: aiohttp.ClientResponse) -> None:
-        remaining = response.headers.get("ratelimit-remaining")
-        if remaining is not None and remaining != self.ratelimit_remaining:
-            self.ratelimit_remaining = remaining[:64]
-            self.ratelimit_limit = response.headers.get("ratelimit-limit", "")[:64] or None
-            log.info(
-                "%s rate limit: remaining %s (limit %s)",
-                self.name,
-                self.ratelimit_remaining,
-                self.ratelimit_limit,
-            )
+        """Remember the rate limit announced (for the metrics), log it when it changes;
+        count a 429."""
+        if response.status == 429 and self.metrics is not None:
+            self.metrics.rate_limited.inc()
+        if "ratelimit-remaining" not in response.headers:
+            return
+        announced = ratelimit(response)
+        if announced is None or announced == self.ratelimit:
+            return
+        self.ratelimit = announced
+        log.info(
+            "%s rate limit: remaining %d of %s per %s",
+            self.name,
+            announced.remaining,
+            "?" if announced.limit is None else announced.limit,
+            "?" if announced.window is None else f"{announced.window}s",
+        )

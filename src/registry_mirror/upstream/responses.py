@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -26,11 +27,14 @@ from registry_mirror.upstream.translate import translated
 
 __all__ = [
     "BLOB_CHUNK",
+    "RateLimit",
     "ResponseBlobStream",
     "content_range",
     "encoded",
     "manifest_info",
     "next_link",
+    "parse_ratelimit",
+    "ratelimit",
     "read_decoded",
     "retry_after",
     "status_error",
@@ -40,22 +44,75 @@ BLOB_CHUNK: Final = 256 * 1024
 
 
 class ResponseBlobStream:
-    """A :class:`~upstream.base.BlobStream` over an open aiohttp response."""
+    """A :class:`~upstream.base.BlobStream` over an open aiohttp response. The body
+    bytes received are told to ``on_close`` once, when it is closed."""
 
-    def __init__(self, response: aiohttp.ClientResponse, size: int | None, offset: int) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        size: int | None,
+        offset: int,
+        on_close: Callable[[int], None] | None = None,
+    ) -> None:
         self._response = response
         self.size = size
         self.offset = offset
+        self.received = 0
+        self._on_close = on_close
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with translated("blob download interrupted"):
             # As received (no joining of the buffered pieces: a copy of every byte).
             async for chunk, _ in self._response.content.iter_chunks():
                 if chunk:
+                    self.received += len(chunk)
                     yield chunk
 
     def close(self) -> None:
         self._response.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self.received)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What an upstream said of its rate limit (Docker Hub's ``ratelimit-limit`` and
+    ``ratelimit-remaining``): requests allowed per window, how many are left, the window
+    in seconds (None when not given)."""
+
+    limit: int | None
+    remaining: int
+    window: int | None
+
+
+def parse_ratelimit(value: str | None) -> tuple[int, int | None] | None:
+    """``100;w=21600`` → (100, 21600); ``100`` → (100, None); the first policy of a list
+    (``100, 5000;w=3600``); None for anything unreadable."""
+    if not value or len(value) > 256:
+        return None
+    first = value.split(",", 1)[0]
+    number, *params = (part.strip() for part in first.split(";"))
+    if not (number.isascii() and number.isdigit()) or len(number) > 15:
+        return None
+    window = None
+    for param in params:
+        key, _, raw = param.partition("=")
+        raw = raw.strip().strip('"')
+        if key.strip().lower() == "w" and raw.isascii() and raw.isdigit() and len(raw) <= 15:
+            window = int(raw)
+            break
+    return int(number), window
+
+
+def ratelimit(response: aiohttp.ClientResponse) -> RateLimit | None:
+    """The rate limit a response announces, if it announces one."""
+    remaining = parse_ratelimit(response.headers.get("ratelimit-remaining"))
+    if remaining is None:
+        return None
+    limit = parse_ratelimit(response.headers.get("ratelimit-limit"))
+    window = remaining[1] if remaining[1] is not None else (limit[1] if limit else None)
+    return RateLimit(limit[0] if limit else None, remaining[0], window)
 
 
 def encoded(response: aiohttp.ClientResponse) -> bool:

@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from typing import Any, Final
 
 import aiohttp
@@ -16,6 +17,7 @@ from aiohttp.client import _RequestContextManager
 from yarl import URL
 
 from registry_mirror.config import OutboundProxy, redact_url
+from registry_mirror.metrics import UpstreamMetrics
 from registry_mirror.upstream.errors import UpstreamProtocolError, UpstreamUnavailable
 from registry_mirror.upstream.translate import describe, retryable, translated
 from registry_mirror.upstream.transport import Sessions, is_public
@@ -40,9 +42,11 @@ class Sender:
         read_timeout: float,
         allow_private_redirects: bool,
         proxy: OutboundProxy,
+        metrics: UpstreamMetrics | None = None,
     ) -> None:
         self.origin = origin
         self.name = name
+        self.metrics = metrics
         self.allow_private_redirects = allow_private_redirects
         self._sessions = sessions
         self._proxy = proxy
@@ -116,14 +120,50 @@ class Sender:
             with translated(
                 f"{self.name} unreachable ({url.host})", refused="redirect to", invalid=self.name
             ):
+                started = time.perf_counter()
                 try:
-                    return await self.open(session, method, url, headers)
+                    response = await self.open(session, method, url, headers)
                 except Exception as exc:
+                    self._observed(method, url, None, time.perf_counter() - started, describe(exc))
                     if attempt == 2 or not retryable(exc):
                         raise
                     log.info("retrying %s %s after %s", method, url.path, describe(exc))
+                else:
+                    self._observed(method, url, response.status, time.perf_counter() - started)
+                    return response
             await asyncio.sleep(0.2)
         raise AssertionError("unreachable")
+
+    def _observed(
+        self, method: str, url: URL, status: int | None, seconds: float, error: str = ""
+    ) -> None:
+        """One request's answer (None: none) counted, and logged: the upstream, the
+        method, the URL without its query (a CDN's signature stays out of the log), the
+        status or the failure, the time to the headers."""
+        if self.metrics is not None:
+            self.metrics.request(method, status, seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        where = str(url.with_user(None).with_query(None).with_fragment(None))
+        outcome = str(status) if status is not None else f"failed ({error})"
+        log.info(
+            "upstream %s: %s %s %s %.3fs",
+            self.name,
+            method,
+            where,
+            outcome,
+            seconds,
+            extra={
+                "line_fields": {
+                    "upstream": self.name,
+                    "method": method,
+                    "url": where,
+                    "status": status,
+                    "error": error or None,
+                    "duration": round(seconds, 6),
+                }
+            },
+        )
 
     def _proxy_args(self, url: URL) -> dict[str, Any]:
         """``proxy``/``proxy_auth`` for aiohttp: the forward proxy this URL goes through
