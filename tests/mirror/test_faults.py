@@ -578,7 +578,8 @@ def test_manifest_by_tag_when_upstream_fails(
         assert error_code(r) == expected_code
         if how == "429":
             assert r.headers["Retry-After"] == "42"
-            assert "0;w=21600" in mirror.log()  # the rate-limit headers were noted
+            # The rate-limit headers were noted, parsed: remaining 0 of 100 per 6 hours.
+            assert "rate limit: remaining 0 of 100 per 21600s" in mirror.log()
         if how != "timeout":
             head = client.head(url, headers=ACCEPT)
             assert head.status_code == expected_status
