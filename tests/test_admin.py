@@ -24,6 +24,7 @@ from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, push_index
 from tests.support.mirror import STALE, MirrorProcess, assert_log_quiet
 from tests.support.oci import assert_oci_error
+from tests.support.prometheus import scrape
 from tests.support.registry import RegistryProcess, make_htpasswd_line
 from tests.support.resources import assert_returns_to_baseline, resources
 from tests.support.store import blob_file
@@ -215,6 +216,10 @@ def test_inspect_refresh_and_forget(
         for digest in (first.digest, *first.blobs):
             assert not blob_file(admin_mirror.root, digest).exists()
         assert inspect(admin, "app:1")["cached"] is False
+        # The storage figures no longer count it: nothing else is cached.
+        figures = scrape(f"{admin_mirror.url}/metrics", verify=False)
+        assert figures.value("registry_mirror_storage_blobs") == 0
+        assert figures.value("registry_mirror_storage_used_bytes") == 0
         error_of(admin.post("/admin/images/forget", json={"image": "app:1"}), 404, "NOT_CACHED")
         proxy.clear_log()
         pull(admin, first)

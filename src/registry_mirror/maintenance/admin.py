@@ -170,8 +170,8 @@ class AdminActions:
     """The actions over an open cache and the server's naming. ``manifests`` is the
     manifest policy that refreshes a tag (the server's own, or one over ``cache`` for
     the command line); ``in_use`` the digests being served (never removed under a
-    client); ``on_removed`` told what went and the bytes freed; ``beside_server``: this
-    process is not the server, which must be told of each change."""
+    client); ``on_removed`` told what went, the files removed and the bytes they freed;
+    ``beside_server``: this process is not the server, which must be told of each change."""
 
     def __init__(
         self,
@@ -180,7 +180,7 @@ class AdminActions:
         manifests: Manifests,
         *,
         in_use: Callable[[], Collection[Digest]] = tuple,
-        on_removed: Callable[[list[Digest], int], None] | None = None,
+        on_removed: Callable[[list[Digest], int, int], None] | None = None,
         beside_server: bool = False,
     ) -> None:
         self.cache = cache
@@ -382,7 +382,7 @@ class AdminActions:
         result.tags.extend(named)
         outcome, gone = await apply_prune(self.cache, plan, changed)
         if self._on_removed is not None:
-            self._on_removed(gone, outcome.freed)
+            self._on_removed(gone, outcome.files, outcome.freed)
         return ForgetResult(
             image,
             display,

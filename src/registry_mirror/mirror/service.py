@@ -45,7 +45,6 @@ class Mirror:
         self.router = router
         self.evictor = evictor
         self._pins = pins
-        self._evictor = evictor
         guard = StorageGuard()
         self._links = RepoLinks(index)
         presence = Presence(self._links, guard)
@@ -99,11 +98,11 @@ class Mirror:
         self.manifests.forget(digests)
         self._links.forget(digests)
 
-    def removed(self, digests: list[Digest], freed: int) -> None:
+    def removed(self, digests: list[Digest], files: int, freed: int) -> None:
         """Content was removed on an operator's demand (an admin action): forgotten as an
-        eviction is, its ``freed`` bytes on disk no longer counted against the quota."""
+        eviction is, its ``files`` and their ``freed`` bytes on disk no longer counted."""
         self._evicted(digests)
-        self._evictor.released(freed)
+        self.evictor.released(files, freed)
 
     def in_use(self) -> list[Digest]:
         """The digests being served or written now (pinned): never removed under a client."""
