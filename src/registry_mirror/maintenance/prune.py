@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -106,17 +107,32 @@ async def plan_forget(
     """What forgetting the image ``root`` of the repository ``repo`` (cache key)
     removes: as :func:`plan_prune` of that repository, limited to that one image. What
     another image or repository uses stays (``repo`` only lets go of it: its tags and
-    links), and so does what is ``in_use`` (being served or written)."""
+    links), and so does what is ``in_use`` (being served or written). Planned off the
+    event loop: the server forgets while it serves, and the snapshot is the whole cache."""
     snapshot = await cache.index.snapshot()
+    image = closure(snapshot, root)
+    sizes = await sizes_on_disk(cache.store, [d for d in image if d in snapshot.items])
+    return await asyncio.to_thread(
+        _plan_forget, snapshot, repo, root, image, sizes, in_use=frozenset(in_use)
+    )
+
+
+def _plan_forget(
+    snapshot: CacheSnapshot,
+    repo: str,
+    root: Digest,
+    image: set[Digest],
+    sizes: dict[Digest, int],
+    *,
+    in_use: frozenset[Digest],
+) -> PrunePlan:
     cached = {r for r, _, _ in snapshot.tags} | set(snapshot.content)
     elsewhere = _held_by(snapshot, cached - {repo})
-    only = lambda image: image.root == root and root not in elsewhere  # noqa: E731
-    sizes = await sizes_on_disk(cache.store, list(closure(snapshot, root) & set(snapshot.items)))
+    only = lambda candidate: candidate.root == root and root not in elsewhere  # noqa: E731
     planned = plan_eviction(snapshot, need=1 << 62, now=time.time(), only=only, sizes=sizes)
     busy = [d for d in planned.digests if d in in_use]
     planned.digests = [d for d in planned.digests if d not in in_use]
     removal, _ = _still_used(snapshot, planned, [repo], sizes)
-    image = closure(snapshot, root)
     # Kept: what of the image another image, repository or tag uses.
     kept = len((image & set(snapshot.items)) - set(removal.digests) - set(busy))
     plan = PrunePlan(removal, [repo], kept=kept, busy=busy)
