@@ -27,8 +27,13 @@ from registry_mirror.index import CacheItem
 from registry_mirror.maintenance.cache import Cache
 from registry_mirror.maintenance.prune import apply_prune, plan_forget
 from registry_mirror.maintenance.warm import split_image
-from registry_mirror.media_types import INDEX_TYPES, ManifestParseError, parse_manifest
-from registry_mirror.mirror.manifests import MAX_MANIFEST_SIZE, Manifests
+from registry_mirror.media_types import (
+    INDEX_TYPES,
+    ManifestParseError,
+    ParsedManifest,
+    parse_manifest,
+)
+from registry_mirror.mirror.manifests import Manifest, Manifests
 from registry_mirror.mirror.routing import Route, Router
 from registry_mirror.reference import (
     Digest,
@@ -219,24 +224,22 @@ class AdminActions:
         report = ImageReport(
             image, self.router.display(key), key, ref.tag, None if digest is None else str(digest)
         )
-        if digest is None:
+        top = None if digest is None else await self._read(digest)
+        if digest is None or top is None:
             return report
-        top = await self._read(digest)
-        if top is None:
-            return report
-        media_type, body = top
-        report.cached, report.media_type = True, media_type
+        manifest, parsed = top
+        report.cached, report.media_type = True, manifest.media_type
         report.linked = await index.linked(key, digest)
-        sizes = _sizes(body)
-        if media_type in INDEX_TYPES:
-            platforms = {d: str(p) for p, d, _ in parse_manifest(body, media_type).platforms}
-            children = list(parse_manifest(body, media_type).references)
+        if manifest.media_type in INDEX_TYPES:
+            platforms = {d: str(p) for p, d, _ in parsed.platforms}
+            for child in parsed.references:
+                report.manifests.append(
+                    await self._image_manifest(child, platforms.get(child), await self._read(child))
+                )
         else:
-            platforms, children = {}, [digest]
+            report.manifests.append(await self._image_manifest(digest, None, top))
         complete = True
-        for child in children:
-            state = await self._image_manifest(child, platforms.get(child), sizes.get(child))
-            report.manifests.append(state)
+        for state in report.manifests:
             if state.blobs is None:
                 complete = False
                 continue
@@ -253,17 +256,14 @@ class AdminActions:
         return report
 
     async def _image_manifest(
-        self, digest: Digest, platform: str | None, size: int | None
+        self, digest: Digest, platform: str | None, found: tuple[Manifest, ParsedManifest] | None
     ) -> ManifestState:
-        found = await self._read(digest)
         if found is None:
             return ManifestState(str(digest), platform, False)
-        media_type, body = found
-        try:
-            references = parse_manifest(body, media_type).references
-        except ManifestParseError:
-            return ManifestState(str(digest), platform, False)
-        sizes = _sizes(body)
+        manifest, parsed = found
+        assert manifest.body is not None  # a cached manifest has its body
+        sizes = _sizes(manifest.body)
+        references = parsed.references
         rows: dict[Digest, CacheItem] = await self.cache.index.items(references)
         blobs = [
             BlobState(
@@ -273,21 +273,17 @@ class AdminActions:
             )
             for ref in references
         ]
-        return ManifestState(str(digest), platform, True, media_type, blobs)
+        return ManifestState(str(digest), platform, True, manifest.media_type, blobs)
 
-    async def _read(self, digest: Digest) -> tuple[str, bytes] | None:
-        """A cached manifest's media type and body, if it is cached and sound."""
-        record = await self.cache.index.get_manifest(digest)
-        if record is None:
-            return None
-        body = await self.cache.store.read_all(digest, MAX_MANIFEST_SIZE)
-        if body is None or Digest.of(body, digest.algorithm) != digest:
+    async def _read(self, digest: Digest) -> tuple[Manifest, ParsedManifest] | None:
+        """A cached manifest, parsed, if it is cached and sound (as the server reads it)."""
+        manifest = await self.manifests.cached(digest)
+        if manifest is None or manifest.body is None:
             return None
         try:
-            parse_manifest(body, record.media_type)
+            return manifest, parse_manifest(manifest.body, manifest.media_type)
         except ManifestParseError:
             return None
-        return record.media_type, body
 
     # --- refresh -----------------------------------------------------------------------
 

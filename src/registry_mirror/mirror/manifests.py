@@ -162,6 +162,11 @@ class Manifests:
         """Content left the cache (eviction): its bodies leave memory."""
         self._memory.discard(digests)
 
+    async def cached(self, digest: Digest) -> Manifest | None:
+        """The manifest as the cache holds it (from memory, or read and its digest
+        checked), None if it is not cached or not sound; upstream is not asked."""
+        return await self._cached_manifest(digest)
+
     async def manifest(
         self,
         route: Route,
