@@ -12,7 +12,8 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,48 @@ def test_several_upstreams(
             error_of(
                 admin.get("/admin/images", params={"image": "quay.io/x/y:1"}), 404, "NOT_MIRRORED"
             )
+
+
+def test_refresh_joins_a_pull_fetching_the_same_manifest(
+    upstream: RegistryProcess, proxy: FaultyProxy, htpasswd: Path, mirror_factory: MirrorFactory
+) -> None:
+    """A client is fetching the manifest the tag names: a refresh then takes it from
+    that one download, never a second one."""
+    mirror = mirror_factory(proxy.url, args=admin_args(htpasswd))
+    second = push_image(upstream.url, "library/app", "1", layers=[3000, 2000], seed=12)
+    gate = proxy.gate("GET", rf"/manifests/{second.digest}$", at_bytes=0)
+    answers: dict[str, httpx.Response] = {}
+
+    def ask(name: str, call: Callable[[httpx.Client], httpx.Response]) -> threading.Thread:
+        def run() -> None:
+            with session(mirror) as client:
+                answers[name] = call(client)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    tag_path = r"/manifests/1$"
+    pulling = ask(
+        "pull",
+        lambda c: c.get("/v2/library/app/manifests/1", headers={"Accept": MANIFEST_ACCEPT}),
+    )
+    gate.wait_reached()
+    refreshing = ask("refresh", lambda c: refresh(c, "app:1"))
+    # The refresh has its answer to HEAD, then asks for the manifest it names.
+    wait_until(
+        lambda: sum(r.status is not None for r in proxy.requests("HEAD", tag_path)) == 2,
+        timeout=15,
+    )
+    time.sleep(0.5)
+    gate.release()
+    for thread in (pulling, refreshing):
+        thread.join(timeout=60)
+    assert answers["pull"].headers["Docker-Content-Digest"] == second.digest
+    result = answers["refresh"].json()
+    assert (result["new"], result["fetched"]) == (second.digest, [second.digest])
+    assert proxy.count("GET", rf"/manifests/{second.digest}$") == 1
+    assert_log_quiet(mirror.log())
 
 
 @contextlib.contextmanager

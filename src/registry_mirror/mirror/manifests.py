@@ -213,27 +213,33 @@ class Manifests:
         old = await self.index.get_tag(route.key, tag)
         info = await route.upstream.head_manifest(route.repo, tag)
         fetched: list[Digest] = []
-        if info.digest is None or await self._cached_manifest(info.digest) is None:
-            reference = tag if info.digest is None else str(info.digest)
-            manifest = await self._fetch_manifest(route, reference, info.digest, tag=None)
+        if info.digest is None:  # an upstream that announces no digest: by tag, hashed
+            manifest = await self._fetch_manifest(route, tag, None, tag=None)
             fetched.append(manifest.digest)
         else:
-            manifest = await self._by_digest(route, info.digest, Outcome())
+            manifest = await self._refreshed(route, info.digest, fetched)
         if manifest.media_type in INDEX_TYPES and manifest.body is not None:
             try:
                 children = parse_manifest(manifest.body, manifest.media_type).references
             except ManifestParseError as exc:
                 raise UpstreamProtocolError(f"index {route}@{manifest.digest}: {exc}") from exc
             for child in children:
-                if await self._cached_manifest(child) is None:
-                    fetched.append(child)
-                await self._by_digest(route, child, Outcome())
+                await self._refreshed(route, child, fetched)
         if await self.index.get_manifest(manifest.digest) is None:
             raise StorageError(f"manifest {route}@{manifest.digest} could not be stored")
         self._pending_tags.pop(key, None)  # an older HEAD's answer must not come back
         await self._presence.ensure_linked(route, manifest.digest)
         await self.index.set_tag(route.key, tag, manifest.digest)
         return Refreshed(old, manifest, fetched)
+
+    async def _refreshed(self, route: Route, digest: Digest, fetched: list[Digest]) -> Manifest:
+        """A manifest for :meth:`refresh`, as a pull by digest gets it (a download under
+        way joined); added to ``fetched`` unless it was cached."""
+        outcome = Outcome()
+        manifest = await self._by_digest(route, digest, outcome)
+        if outcome.result is not CacheResult.HIT:
+            fetched.append(digest)
+        return manifest
 
     async def _by_tag(
         self, route: Route, tag: str, accept: Accept, need_body: bool, outcome: Outcome
