@@ -129,6 +129,19 @@ def pull(client: httpx.Client, image: PushedImage, name: str | None = None) -> h
     return response
 
 
+def pull_head_first(client: httpx.Client, image: PushedImage) -> None:
+    """As Docker and containerd pull: HEAD the tag, GET the digest it names, the blobs."""
+    base = f"/v2/{image.repo}"
+    head = client.head(f"{base}/manifests/{image.tag}", headers={"Accept": MANIFEST_ACCEPT})
+    assert head.status_code == 200, head.status_code
+    assert head.headers["Docker-Content-Digest"] == image.digest
+    manifest = client.get(f"{base}/manifests/{image.digest}", headers={"Accept": MANIFEST_ACCEPT})
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.content == image.manifest
+    for digest, data in image.blobs.items():
+        assert client.get(f"{base}/blobs/{digest}").content == data, digest
+
+
 def test_only_admins_may_use_the_endpoints(
     admin_mirror: MirrorProcess, upstream: RegistryProcess
 ) -> None:
@@ -241,6 +254,8 @@ def test_inspect_refresh_and_forget(
         )
         assert result["fetched"] == [second.digest]
         assert inspect(admin, "app:1")["digest"] == second.digest
+        pull_head_first(admin, second)  # a client that asks HEAD first sees it too
+        assert proxy.count("GET", rf"/manifests/{second.digest}$") == 1  # refresh's fetch
         after = refresh(admin, "app:1").json()
         assert (after["old"], after["new"], after["changed"]) == (
             second.digest,
@@ -431,7 +446,7 @@ def test_forget_while_a_client_downloads(
         assert gone["files"] == 2  # the manifest and the config; the layer was in use
         assert blob_file(admin_mirror.root, layer).exists()
         proxy.clear_log()
-        pull(admin, image)
+        pull_head_first(admin, image)  # as Docker pulls: HEAD the tag, then by digest
         assert proxy.count("GET", rf"/manifests/{image.digest}$") == 1
     assert_log_quiet(admin_mirror.log())
 
