@@ -41,10 +41,6 @@ COMMANDS: Final = ("ls", "du", "prune", "verify", "warm", *admin_commands.ADMIN_
 
 T = TypeVar("T")
 
-_run = run_async
-_size = human_size
-_when = local_time
-
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     ls = commands.add_parser("ls", parents=[common], help="cached repositories and tags")
@@ -126,7 +122,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
         async with ops.Cache(settings) as cache:
             return ops.list_tags(await cache.index.snapshot())
 
-    rows = _run(go())
+    rows = run_async(go())
     if args.json:
         print(json.dumps([_record(r) for r in rows], indent=2))
         return 0
@@ -136,8 +132,10 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
             column, justify="right" if column in ("size", "hits") else "left", no_wrap=True
         )
     for r in rows:
-        size = _size(r.size) + ("" if r.complete else " (partial)")
-        table.add_row(r.repository, r.tag, str(r.digest)[:19], size, _when(r.last_use), str(r.hits))
+        size = human_size(r.size) + ("" if r.complete else " (partial)")
+        table.add_row(
+            r.repository, r.tag, str(r.digest)[:19], size, local_time(r.last_use), str(r.hits)
+        )
     out.print(table)
     return 0
 
@@ -147,7 +145,7 @@ def _du(args: argparse.Namespace, settings: Settings) -> int:
         async with ops.Cache(settings) as cache:
             return await ops.usage(cache)
 
-    report = _run(go())
+    report = run_async(go())
     quota = settings.storage.quota
     if args.json:
         document = {
@@ -160,18 +158,18 @@ def _du(args: argparse.Namespace, settings: Settings) -> int:
     table = Table(title=f"storage of {settings.root}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    used = _size(report.disk_bytes)
+    used = human_size(report.disk_bytes)
     if quota:
-        used += f" of {_size(quota)} quota ({100 * report.disk_bytes / quota:.0f} %)"
+        used += f" of {human_size(quota)} quota ({100 * report.disk_bytes / quota:.0f} %)"
     table.add_row("used on disk", used)
     table.add_row(
         "free on the filesystem",
-        _size(report.free_bytes)
-        + (f" (keep {_size(settings.storage.min_free)})" if settings.storage.min_free else ""),
+        human_size(report.free_bytes)
+        + (f" (keep {human_size(settings.storage.min_free)})" if settings.storage.min_free else ""),
     )
-    table.add_row("content (indexed)", _size(report.indexed_bytes))
-    table.add_row("shared by several images", _size(report.shared_bytes))
-    table.add_row("unique to one image", _size(report.unique_bytes))
+    table.add_row("content (indexed)", human_size(report.indexed_bytes))
+    table.add_row("shared by several images", human_size(report.shared_bytes))
+    table.add_row("unique to one image", human_size(report.unique_bytes))
     table.add_row("blobs / manifests", f"{report.blobs} / {report.manifests}")
     table.add_row("repositories", str(report.repositories))
     out.print(table)
@@ -214,12 +212,12 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
         async with ops.Cache(settings) as cache:
             return await ops.prune(cache, chosen)
 
-    chosen = _run(plan())
+    chosen = run_async(plan())
     removal = chosen.removal
     verb = "would remove" if args.dry_run or not args.yes else "removing"
     out.print(
         f"{verb} {len(removal.images)} images: {len(removal.digests)} files,"
-        f" {_size(removal.freed)} ({removal.freed} bytes)",
+        f" {human_size(removal.freed)} ({removal.freed} bytes)",
         highlight=False,
     )
     for digest in removal.images:
@@ -244,9 +242,9 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
         if answer not in ("y", "yes"):
             out.print("nothing removed", highlight=False)
             return 0
-    result = _run(apply(chosen))
+    result = run_async(apply(chosen))
     out.print(
-        f"removed {result.images} images: {result.files} files, {_size(result.freed)}"
+        f"removed {result.images} images: {result.files} files, {human_size(result.freed)}"
         f" ({result.freed} bytes)",
         highlight=False,
     )
@@ -270,7 +268,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
             )
 
     with _progress(disable=args.json) as progress:
-        problems, hashed = _run(go(progress))
+        problems, hashed = run_async(go(progress))
     if args.json:
         print(
             json.dumps(
@@ -285,7 +283,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1 if problems else 0
     if not problems:
-        out.print(f"sound: {_size(hashed)} re-hashed, no problem found", highlight=False)
+        out.print(f"sound: {human_size(hashed)} re-hashed, no problem found", highlight=False)
         return 0
     table = Table(title=f"{len(problems)} problems" + (" (repaired)" if args.repair else ""))
     for column in ("kind", "digest", "detail"):
@@ -337,7 +335,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
             status = "[red]failed[/]" if result.error else "[green]ok[/]"
             progress.console.print(f"{status} {result.image}", highlight=False)
 
-        results = _run(
+        results = run_async(
             ops.warm(
                 access,
                 images,
@@ -356,7 +354,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
             ",".join(r.platforms) or "-",
             str(r.manifests),
             str(r.blobs),
-            _size(r.bytes),
+            human_size(r.bytes),
             r.error or "ok",
         )
     out.print(table)
