@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import MirrorFactory
-from tests.support.faulty import FaultyProxy
+from tests.support.faulty import Fault, FaultyProxy
 from tests.support.images import push_image
 from tests.support.mirror import MirrorProcess, assert_log_quiet, mirror_command
 from tests.support.registry import RegistryProcess
@@ -67,14 +67,44 @@ class Download:
         self.started.set()
 
 
-def start_downloads(url: str, path: str) -> tuple[list[Download], list[threading.Thread]]:
+@dataclass
+class Held:
+    """:data:`CLIENTS` clients downloading a large cold blob from the mirror, the one
+    upstream download held at the gate after its first bytes."""
+
+    mirror: MirrorProcess
+    gate: Fault
+    digest: str
+    data: bytes
+    downloads: list[Download]
+    threads: list[threading.Thread]
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(60)
+
+
+def held_downloads(
+    upstream: RegistryProcess,
+    proxy: FaultyProxy,
+    mirror_factory: MirrorFactory,
+    *,
+    seed: int,
+    args: list[str],
+) -> Held:
+    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=seed)
+    digest = image.layer_digests[0]
+    mirror = mirror_factory(proxy.url, args=args)
+    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
+    path = f"/v2/{image.repo}/blobs/{digest}"
     downloads = [Download() for _ in range(CLIENTS)]
-    threads = [threading.Thread(target=d.run, args=(url, path)) for d in downloads]
+    threads = [threading.Thread(target=d.run, args=(mirror.url, path)) for d in downloads]
     for thread in threads:
         thread.start()
     for download in downloads:
         assert download.started.wait(30), "a download never started"
-    return downloads, threads
+    gate.wait_reached()
+    return Held(mirror, gate, digest, image.blobs[digest], downloads, threads)
 
 
 def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
@@ -141,17 +171,10 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
     mirror_factory: MirrorFactory,
     tmp_path: Path,
 ) -> None:
-    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=21)
-    digest = image.layer_digests[0]
-    data = image.blobs[digest]
     args = ["--http-draintimeout", "60s"]
     args += tls_args(tmp_path / "tls") if scheme == "tls" else []
-    mirror = mirror_factory(proxy.url, args=args)
-    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
-    path = f"/v2/{image.repo}/blobs/{digest}"
-
-    downloads, threads = start_downloads(mirror.url, path)
-    gate.wait_reached()
+    held = held_downloads(upstream, proxy, mirror_factory, seed=21, args=args)
+    mirror, digest, data, downloads = held.mirror, held.digest, held.data, held.downloads
     assert proxy.count("GET", BLOB) == 1  # one upstream download for the eight clients
     probe = begun_request(mirror, "/readyz")
     mark = mirror.log_size()
@@ -165,9 +188,8 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
     assert b"[-]draining failed: shutting down" in body
     assert all(d.error is None and d.received < len(data) for d in downloads)  # still under way
 
-    gate.release()
-    for thread in threads:
-        thread.join(60)
+    held.gate.release()
+    held.join()
     for download in downloads:
         assert download.status == 200
         assert download.length == len(data)
@@ -187,21 +209,16 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
 def test_the_grace_period_over_cuts_what_is_left_and_keeps_nothing_partial(
     upstream: RegistryProcess, proxy: FaultyProxy, mirror_factory: MirrorFactory
 ) -> None:
-    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=22)
-    digest = image.layer_digests[0]
-    data = image.blobs[digest]
-    mirror = mirror_factory(proxy.url, args=["--http-draintimeout", "1s"])
-    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)  # never released before the exit
-    path = f"/v2/{image.repo}/blobs/{digest}"
-
-    downloads, threads = start_downloads(mirror.url, path)
-    gate.wait_reached()
+    # The gate is never released before the exit.
+    held = held_downloads(
+        upstream, proxy, mirror_factory, seed=22, args=["--http-draintimeout", "1s"]
+    )
+    mirror, digest, data = held.mirror, held.digest, held.data
     mark = mirror.log_size()
     mirror.signal(signal.SIGTERM)
     assert mirror.wait_exit() == 0
-    for thread in threads:
-        thread.join(60)
-    for download in downloads:
+    held.join()
+    for download in held.downloads:
         assert download.status == 200
         assert download.error is not None, "a cut download must not end as complete"
         assert download.received < len(data)
@@ -213,34 +230,28 @@ def test_the_grace_period_over_cuts_what_is_left_and_keeps_nothing_partial(
     assert_log_quiet(log)
     assert not blob_file(mirror.root, digest).exists()
     assert_nothing_partial(mirror.root, digest, data)
-    gate.release()
+    held.gate.release()
 
 
 def test_a_second_signal_cuts_the_drain_short(
     upstream: RegistryProcess, proxy: FaultyProxy, mirror_factory: MirrorFactory
 ) -> None:
-    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=23)
-    digest = image.layer_digests[0]
-    data = image.blobs[digest]
-    mirror = mirror_factory(proxy.url, args=["--http-draintimeout", "5m"])
-    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
-    path = f"/v2/{image.repo}/blobs/{digest}"
-
-    downloads, threads = start_downloads(mirror.url, path)
-    gate.wait_reached()
+    held = held_downloads(
+        upstream, proxy, mirror_factory, seed=23, args=["--http-draintimeout", "5m"]
+    )
+    mirror, digest, data = held.mirror, held.digest, held.data
     mark = mirror.log_size()
     mirror.signal(signal.SIGINT)
     wait_until(lambda: "draining: " in mirror.log(mark), message=mirror.log)
     time.sleep(1.2)  # a signal within a second of the first is taken as the same one
     mirror.signal(signal.SIGTERM)
     assert mirror.wait_exit() == 0  # long before the five minutes
-    for thread in threads:
-        thread.join(60)
-    assert all(d.error is not None and d.received < len(data) for d in downloads)
+    held.join()
+    assert all(d.error is not None and d.received < len(data) for d in held.downloads)
     log = mirror.log(mark)
     assert "SIGINT: shutting down" in log
     assert "SIGTERM again: cutting the drain short" in log
     assert f"drain cut short: 0 of {CLIENTS} requests finished, {CLIENTS} connections cut" in log
     assert_log_quiet(log)
     assert_nothing_partial(mirror.root, digest, data)
-    gate.release()
+    held.gate.release()
