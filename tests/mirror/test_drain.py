@@ -4,10 +4,13 @@ The real upstream registry sits behind the fault-injecting proxy, which holds th
 download after its first bytes (a gate), so the downloads are in flight when the signal
 arrives. Every client either gets the whole blob, verified, or a cut connection — never
 wrong bytes reported complete; nothing partial stays in the cache; the exit status is 0.
+A HEAD-first client's request begun before the signal, logged in or not, is answered
+and told ``Connection: close``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import signal
 import socket
@@ -22,9 +25,9 @@ import pytest
 
 from tests.conftest import MirrorFactory
 from tests.support.faulty import Fault, FaultyProxy
-from tests.support.images import push_image
+from tests.support.images import MANIFEST_ACCEPT, push_image
 from tests.support.mirror import MirrorProcess, assert_log_quiet, mirror_command
-from tests.support.registry import RegistryProcess
+from tests.support.registry import RegistryProcess, make_htpasswd_line
 from tests.support.sockets import unread_bytes
 from tests.support.store import blob_file, staged_files, stored_files
 from tests.support.tls import tls_args
@@ -107,9 +110,12 @@ def held_downloads(
     return Held(mirror, gate, digest, image.blobs[digest], downloads, threads)
 
 
-def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
+def begun_request(
+    mirror: MirrorProcess, path: str, *, method: str = "GET", headers: str = ""
+) -> socket.socket:
     """A kept-alive connection with a request begun (its headers not finished), the
-    bytes read by the server, so the server holds a request it cannot answer yet."""
+    bytes read by the server, so the server holds a request it cannot answer yet.
+    ``headers``: more header lines, each ending in CRLF."""
     raw = socket.create_connection(("127.0.0.1", mirror.port), timeout=30)
     conn: socket.socket = raw
     client_port = raw.getsockname()[1]
@@ -128,7 +134,7 @@ def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
         assert chunk, "the connection closed before /livez was answered"
         answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer
-    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n".encode())
+    conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: mirror\r\n{headers}".encode())
     wait_until(lambda: unread_bytes(mirror.port, client_port) == 0, message="bytes not read")
     return conn
 
@@ -255,3 +261,43 @@ def test_a_second_signal_cuts_the_drain_short(
     assert_log_quiet(log)
     assert_nothing_partial(mirror.root, digest, data)
     held.gate.release()
+
+
+def test_head_first_clients_logged_in_or_not_get_their_answers_during_the_drain(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    """A client asking HEAD of a manifest first (docker's pull does), through
+    authentication, its request begun when SIGTERM arrives: the logged-in one gets the
+    digest, the anonymous one its 401, each with ``Connection: close``."""
+    image = push_image(upstream.url, "library/small", "1", layers=[1000], seed=24)
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(make_htpasswd_line("carol", "secret") + "\n")
+    args = ["--auth-htpasswd-path", str(htpasswd), "--http-draintimeout", "10s"]
+    mirror = mirror_factory(upstream.url, args=args)
+    path = f"/v2/{image.repo}/manifests/{image.tag}"
+    accept = f"Accept: {MANIFEST_ACCEPT}\r\n"
+    login = base64.b64encode(b"carol:secret").decode()
+    logged_in = begun_request(
+        mirror, path, method="HEAD", headers=f"{accept}Authorization: Basic {login}\r\n"
+    )
+    anonymous = begun_request(mirror, path, method="HEAD", headers=accept)
+    mark = mirror.log_size()
+    mirror.signal(signal.SIGTERM)
+    wait_until(lambda: "draining: " in mirror.log(mark), message=mirror.log)
+    assert refused(mirror)
+
+    head, body = finish_request(logged_in)
+    assert head.startswith("HTTP/1.1 200"), head
+    assert f"Docker-Content-Digest: {image.digest}" in head
+    assert "Connection: close" in head, head
+    assert body == b""
+    head, body = finish_request(anonymous)
+    assert head.startswith("HTTP/1.1 401"), head
+    assert "WWW-Authenticate: Basic" in head
+    assert "Connection: close" in head
+    assert body == b""
+    assert mirror.wait_exit() == 0
+    log = mirror.log(mark)
+    assert "draining: 2 connections with a request under way" in log
+    assert "drained: 2 requests finished" in log
+    assert_log_quiet(log)
