@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import MirrorFactory
-from tests.support.disks import fill_disk, tmpfs
+from tests.support.disks import fill_disk, mirror_on, tmpfs
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, push_image
 from tests.support.mirror import STALE, MirrorProcess, assert_log_quiet
@@ -120,8 +120,7 @@ def test_a_full_disk_is_not_ready_until_space_returns(
     upstream: RegistryProcess, small_disk: Path, tmp_path: Path
 ) -> None:
     args = [*FAST, "--health-min-free", "1MiB", *tls_args(tmp_path / "tls")]
-    mirror = MirrorProcess(small_disk / "cache", upstream.url, args=args)
-    mirror.log_path = tmp_path / "cache.log"  # the log stays writable
+    mirror = mirror_on(small_disk, upstream.url, args=args)
     with mirror, httpx.Client(base_url=mirror.url, verify=False, trust_env=False) as client:
         wait_until(lambda: status_of(client, "/readyz") == 200, message=mirror.log)
         filler = fill_disk(small_disk)

@@ -127,15 +127,7 @@ def create_app(
             flusher = asyncio.create_task(_flush_forever(opened))
             stack.push_async_callback(_cancel, flusher)
             # The checks last: stopped first, before what they look at closes.
-            await stack.enter_async_context(
-                health.running(
-                    blobs,
-                    opened,
-                    routes,
-                    recovering=lambda: mirror.recovering,
-                    downloads=mirror.downloads,
-                )
-            )
+            await stack.enter_async_context(health.running(mirror))
             _log_start(settings, routes)
             yield
 

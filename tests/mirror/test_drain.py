@@ -4,10 +4,13 @@ The real upstream registry sits behind the fault-injecting proxy, which holds th
 download after its first bytes (a gate), so the downloads are in flight when the signal
 arrives. Every client either gets the whole blob, verified, or a cut connection — never
 wrong bytes reported complete; nothing partial stays in the cache; the exit status is 0.
+A HEAD-first client's request begun before the signal, logged in or not, is answered
+and told ``Connection: close``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import signal
 import socket
@@ -21,10 +24,10 @@ import httpx
 import pytest
 
 from tests.conftest import MirrorFactory
-from tests.support.faulty import FaultyProxy
-from tests.support.images import push_image
+from tests.support.faulty import Fault, FaultyProxy
+from tests.support.images import MANIFEST_ACCEPT, push_image
 from tests.support.mirror import MirrorProcess, assert_log_quiet, mirror_command
-from tests.support.registry import RegistryProcess
+from tests.support.registry import RegistryProcess, make_htpasswd_line
 from tests.support.sockets import unread_bytes
 from tests.support.store import blob_file, staged_files, stored_files
 from tests.support.tls import tls_args
@@ -67,19 +70,52 @@ class Download:
         self.started.set()
 
 
-def start_downloads(url: str, path: str) -> tuple[list[Download], list[threading.Thread]]:
+@dataclass
+class Held:
+    """:data:`CLIENTS` clients downloading a large cold blob from the mirror, the one
+    upstream download held at the gate after its first bytes."""
+
+    mirror: MirrorProcess
+    gate: Fault
+    digest: str
+    data: bytes
+    downloads: list[Download]
+    threads: list[threading.Thread]
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(60)
+
+
+def held_downloads(
+    upstream: RegistryProcess,
+    proxy: FaultyProxy,
+    mirror_factory: MirrorFactory,
+    *,
+    seed: int,
+    args: list[str],
+) -> Held:
+    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=seed)
+    digest = image.layer_digests[0]
+    mirror = mirror_factory(proxy.url, args=args)
+    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
+    path = f"/v2/{image.repo}/blobs/{digest}"
     downloads = [Download() for _ in range(CLIENTS)]
-    threads = [threading.Thread(target=d.run, args=(url, path)) for d in downloads]
+    threads = [threading.Thread(target=d.run, args=(mirror.url, path)) for d in downloads]
     for thread in threads:
         thread.start()
     for download in downloads:
         assert download.started.wait(30), "a download never started"
-    return downloads, threads
+    gate.wait_reached()
+    return Held(mirror, gate, digest, image.blobs[digest], downloads, threads)
 
 
-def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
+def begun_request(
+    mirror: MirrorProcess, path: str, *, method: str = "GET", headers: str = ""
+) -> socket.socket:
     """A kept-alive connection with a request begun (its headers not finished), the
-    bytes read by the server, so the server holds a request it cannot answer yet."""
+    bytes read by the server, so the server holds a request it cannot answer yet.
+    ``headers``: more header lines, each ending in CRLF."""
     raw = socket.create_connection(("127.0.0.1", mirror.port), timeout=30)
     conn: socket.socket = raw
     client_port = raw.getsockname()[1]
@@ -98,7 +134,7 @@ def begun_request(mirror: MirrorProcess, path: str) -> socket.socket:
         assert chunk, "the connection closed before /livez was answered"
         answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer
-    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n".encode())
+    conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: mirror\r\n{headers}".encode())
     wait_until(lambda: unread_bytes(mirror.port, client_port) == 0, message="bytes not read")
     return conn
 
@@ -141,17 +177,10 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
     mirror_factory: MirrorFactory,
     tmp_path: Path,
 ) -> None:
-    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=21)
-    digest = image.layer_digests[0]
-    data = image.blobs[digest]
     args = ["--http-draintimeout", "60s"]
     args += tls_args(tmp_path / "tls") if scheme == "tls" else []
-    mirror = mirror_factory(proxy.url, args=args)
-    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
-    path = f"/v2/{image.repo}/blobs/{digest}"
-
-    downloads, threads = start_downloads(mirror.url, path)
-    gate.wait_reached()
+    held = held_downloads(upstream, proxy, mirror_factory, seed=21, args=args)
+    mirror, digest, data, downloads = held.mirror, held.digest, held.data, held.downloads
     assert proxy.count("GET", BLOB) == 1  # one upstream download for the eight clients
     probe = begun_request(mirror, "/readyz")
     mark = mirror.log_size()
@@ -165,9 +194,8 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
     assert b"[-]draining failed: shutting down" in body
     assert all(d.error is None and d.received < len(data) for d in downloads)  # still under way
 
-    gate.release()
-    for thread in threads:
-        thread.join(60)
+    held.gate.release()
+    held.join()
     for download in downloads:
         assert download.status == 200
         assert download.length == len(data)
@@ -187,21 +215,16 @@ def test_sigterm_lets_downloads_in_flight_finish_and_refuses_new_connections(
 def test_the_grace_period_over_cuts_what_is_left_and_keeps_nothing_partial(
     upstream: RegistryProcess, proxy: FaultyProxy, mirror_factory: MirrorFactory
 ) -> None:
-    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=22)
-    digest = image.layer_digests[0]
-    data = image.blobs[digest]
-    mirror = mirror_factory(proxy.url, args=["--http-draintimeout", "1s"])
-    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)  # never released before the exit
-    path = f"/v2/{image.repo}/blobs/{digest}"
-
-    downloads, threads = start_downloads(mirror.url, path)
-    gate.wait_reached()
+    # The gate is never released before the exit.
+    held = held_downloads(
+        upstream, proxy, mirror_factory, seed=22, args=["--http-draintimeout", "1s"]
+    )
+    mirror, digest, data = held.mirror, held.digest, held.data
     mark = mirror.log_size()
     mirror.signal(signal.SIGTERM)
     assert mirror.wait_exit() == 0
-    for thread in threads:
-        thread.join(60)
-    for download in downloads:
+    held.join()
+    for download in held.downloads:
         assert download.status == 200
         assert download.error is not None, "a cut download must not end as complete"
         assert download.received < len(data)
@@ -213,34 +236,68 @@ def test_the_grace_period_over_cuts_what_is_left_and_keeps_nothing_partial(
     assert_log_quiet(log)
     assert not blob_file(mirror.root, digest).exists()
     assert_nothing_partial(mirror.root, digest, data)
-    gate.release()
+    held.gate.release()
 
 
 def test_a_second_signal_cuts_the_drain_short(
     upstream: RegistryProcess, proxy: FaultyProxy, mirror_factory: MirrorFactory
 ) -> None:
-    image = push_image(upstream.url, "library/big", "1", layers=[SIZE], seed=23)
-    digest = image.layer_digests[0]
-    data = image.blobs[digest]
-    mirror = mirror_factory(proxy.url, args=["--http-draintimeout", "5m"])
-    gate = proxy.gate("GET", BLOB, at_bytes=GATE_AT)
-    path = f"/v2/{image.repo}/blobs/{digest}"
-
-    downloads, threads = start_downloads(mirror.url, path)
-    gate.wait_reached()
+    held = held_downloads(
+        upstream, proxy, mirror_factory, seed=23, args=["--http-draintimeout", "5m"]
+    )
+    mirror, digest, data = held.mirror, held.digest, held.data
     mark = mirror.log_size()
     mirror.signal(signal.SIGINT)
     wait_until(lambda: "draining: " in mirror.log(mark), message=mirror.log)
     time.sleep(1.2)  # a signal within a second of the first is taken as the same one
     mirror.signal(signal.SIGTERM)
     assert mirror.wait_exit() == 0  # long before the five minutes
-    for thread in threads:
-        thread.join(60)
-    assert all(d.error is not None and d.received < len(data) for d in downloads)
+    held.join()
+    assert all(d.error is not None and d.received < len(data) for d in held.downloads)
     log = mirror.log(mark)
     assert "SIGINT: shutting down" in log
     assert "SIGTERM again: cutting the drain short" in log
     assert f"drain cut short: 0 of {CLIENTS} requests finished, {CLIENTS} connections cut" in log
     assert_log_quiet(log)
     assert_nothing_partial(mirror.root, digest, data)
-    gate.release()
+    held.gate.release()
+
+
+def test_head_first_clients_logged_in_or_not_get_their_answers_during_the_drain(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    """A client asking HEAD of a manifest first (docker's pull does), through
+    authentication, its request begun when SIGTERM arrives: the logged-in one gets the
+    digest, the anonymous one its 401, each with ``Connection: close``."""
+    image = push_image(upstream.url, "library/small", "1", layers=[1000], seed=24)
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(make_htpasswd_line("carol", "secret") + "\n")
+    args = ["--auth-htpasswd-path", str(htpasswd), "--http-draintimeout", "10s"]
+    mirror = mirror_factory(upstream.url, args=args)
+    path = f"/v2/{image.repo}/manifests/{image.tag}"
+    accept = f"Accept: {MANIFEST_ACCEPT}\r\n"
+    login = base64.b64encode(b"carol:secret").decode()
+    logged_in = begun_request(
+        mirror, path, method="HEAD", headers=f"{accept}Authorization: Basic {login}\r\n"
+    )
+    anonymous = begun_request(mirror, path, method="HEAD", headers=accept)
+    mark = mirror.log_size()
+    mirror.signal(signal.SIGTERM)
+    wait_until(lambda: "draining: " in mirror.log(mark), message=mirror.log)
+    assert refused(mirror)
+
+    head, body = finish_request(logged_in)
+    assert head.startswith("HTTP/1.1 200"), head
+    assert f"Docker-Content-Digest: {image.digest}" in head
+    assert "Connection: close" in head, head
+    assert body == b""
+    head, body = finish_request(anonymous)
+    assert head.startswith("HTTP/1.1 401"), head
+    assert "WWW-Authenticate: Basic" in head
+    assert "Connection: close" in head
+    assert body == b""
+    assert mirror.wait_exit() == 0
+    log = mirror.log(mark)
+    assert "draining: 2 connections with a request under way" in log
+    assert "drained: 2 requests finished" in log
+    assert_log_quiet(log)

@@ -21,7 +21,7 @@ from registry_mirror.mirror.eviction import Evictor, StorageLimits, apply_plan, 
 from registry_mirror.reference import Digest
 from registry_mirror.storage import FilesystemBlobStore
 from tests.conftest import MirrorFactory
-from tests.support.disks import fill_disk, tmpfs
+from tests.support.disks import fill_disk, mirror_on, tmpfs
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, sha256_digest
 from tests.support.mirror import MirrorProcess, assert_log_quiet
@@ -169,8 +169,7 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
 ) -> None:
     small = push_image(upstream.url, "library/small", "1", layers=[200_000], seed=1)
     large = push_image(upstream.url, "library/large", "1", layers=[5_000_000], seed=2)
-    mirror = MirrorProcess(small_disk / "cache", upstream.url)
-    mirror.log_path = small_disk.parent / "cache.log"
+    mirror = mirror_on(small_disk, upstream.url)
     with mirror:
         pull(mirror, small)
         filler = fill_disk(small_disk)  # take the rest of the disk
@@ -221,8 +220,7 @@ def test_disk_full_mid_fill_continuation_is_verified_and_a_corrupt_one_aborted(
     layer = image.layer_digests[0]
     data = image.blobs[layer]
     with FaultyProxy(upstream.url) as proxy:
-        mirror = MirrorProcess(small_disk / "cache", proxy.url)
-        mirror.log_path = small_disk.parent / "cache.log"
+        mirror = mirror_on(small_disk, proxy.url)
         with mirror:
             for corrupt in (False, True):
                 gate = proxy.gate("GET", rf"/blobs/{layer}", 500_000, times=1)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import MirrorFactory
-from tests.support.disks import fill_disk, tmpfs
+from tests.support.disks import fill_disk, mirror_on, tmpfs
 from tests.support.faulty import Fault, FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, push_image, sha256_digest
 from tests.support.mirror import MirrorProcess, assert_log_quiet
@@ -472,8 +472,7 @@ def test_head_of_a_blob_whose_fill_cannot_be_cached_asks_upstream(
     """A HEAD arriving while a fill waits for upstream, and the store then refuses the
     bytes (disk full): the HEAD gets upstream's answer, never a 500."""
     digest, data = one_layer(upstream, MiB)
-    mirror = MirrorProcess(full_disk / "cache", proxy.url)
-    mirror.log_path = full_disk.parent / "cache.log"
+    mirror = mirror_on(full_disk, proxy.url)
     with mirror, httpx.Client(base_url=mirror.url, trust_env=False, timeout=60) as client:
         fill_disk(full_disk)
         proxy.delay("GET", BLOB, 1.5)

@@ -1,4 +1,5 @@
-"""Small real filesystems for the full-disk tests: a tmpfs of a given size."""
+"""Small real filesystems for the full-disk tests: a tmpfs of a given size, and a mirror
+with its cache on one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["fill_disk", "tmpfs"]
+from .mirror import MirrorProcess
+
+__all__ = ["fill_disk", "mirror_on", "tmpfs"]
 
 
 @contextlib.contextmanager
@@ -42,3 +45,11 @@ def fill_disk(mount: Path) -> Path:
         except OSError:
             pass
     return filler
+
+
+def mirror_on(mount: Path, upstream: str, *, args: list[str] | None = None) -> MirrorProcess:
+    """A mirror (not started) with its cache on ``mount`` and its log beside it: the log
+    stays writable when the disk is full."""
+    mirror = MirrorProcess(mount / "cache", upstream, args=args)
+    mirror.log_path = mount.parent / "cache.log"
+    return mirror

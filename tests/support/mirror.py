@@ -184,9 +184,7 @@ class MirrorProcess(Service):
                     self._proc.wait()
             code = self._proc.returncode
             self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
         return code
 
     def wait_exit(self, timeout: float = 30.0) -> int:
@@ -199,9 +197,7 @@ class MirrorProcess(Service):
             self.kill()
             raise AssertionError(f"mirror did not exit within {timeout}s:\n{self.log()}") from None
         self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
         return code
 
     def kill(self) -> None:
@@ -210,6 +206,9 @@ class MirrorProcess(Service):
             self._proc.kill()
             self._proc.wait()
             self._proc = None
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -15,6 +15,7 @@ closes (``Connection: close``), all within a grace period; what is left then is 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,8 +82,20 @@ class _DrainingRequestHandler(_RegistryRequestHandler):
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        resp.force_close()  # Connection: close if the headers are not out yet
+        # Its headers may have gone out before the drain (a blob streaming): no
+        # keep-alive after it all the same, so the connection closes once it is sent.
+        resp.force_close()
         return await super().finish_response(request, resp, start_time)
+
+
+class _Request(web.Request):
+    """A request whose connection drains wants its answer to close it: the answer says
+    ``Connection: close``, whoever sends its headers (the handlers stream blobs and
+    HEAD answers themselves, before :meth:`~RequestHandler.finish_response`)."""
+
+    @property
+    def keep_alive(self) -> bool:
+        return super().keep_alive and not isinstance(self.protocol, _DrainingRequestHandler)
 
 
 class _RegistryServer(Server):
@@ -109,6 +122,7 @@ class RegistryRunner(web.AppRunner):
     async def _make_server(self) -> Server:
         server = await super()._make_server()
         server.__class__ = _RegistryServer
+        server.request_factory = functools.partial(self.app._make_request, _cls=_Request)
         return server
 
     async def drain(

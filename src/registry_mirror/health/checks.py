@@ -91,9 +91,12 @@ def storage_checks(
         except IndexFailure as exc:
             raise CheckFailed(f"the index does not answer: {exc}") from None
 
+    def readiness(name: str, probe: Probe) -> Check:
+        return Check(name, probe, interval, threshold, STORAGE_CHECK_TIMEOUT, True)
+
     checks = [
-        Check("storagedriver_filesystem", store_writable, interval, threshold, 10.0, True),
-        Check("index", index_answers, interval, threshold, STORAGE_CHECK_TIMEOUT, True),
+        readiness("storagedriver_filesystem", store_writable),
+        readiness("index", index_answers),
     ]
     if min_free and isinstance(store, Capacity):
         sized = store
@@ -108,7 +111,7 @@ def storage_checks(
                     f" health.min_free ({describe_size(min_free)})"
                 )
 
-        checks.append(Check("disk", disk_free, interval, threshold, STORAGE_CHECK_TIMEOUT, True))
+        checks.append(readiness("disk", disk_free))
     return checks
 
 

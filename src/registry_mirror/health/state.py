@@ -5,7 +5,7 @@ when the drain begins; every question is answered from memory."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -13,9 +13,7 @@ import aiohttp
 from registry_mirror.config import Settings
 from registry_mirror.health.checks import Check, file_check, http_check, storage_checks, tcp_check
 from registry_mirror.health.monitor import CheckStatus, Monitor
-from registry_mirror.index import Index
-from registry_mirror.mirror import Router
-from registry_mirror.storage import BlobStore
+from registry_mirror.mirror import Mirror
 from registry_mirror.upstream.transport import Breaker
 
 __all__ = ["Health", "Item", "UpstreamState"]
@@ -48,26 +46,15 @@ class Health:
         self._settings = settings
         self.monitor: Monitor | None = None  # from start to stop
         self.draining = False
-        self._router: Router | None = None
-        self._recovering: Callable[[], bool] = lambda: False
-        self._downloads: Callable[[], int] = lambda: 0
+        self._mirror: Mirror | None = None  # from start on
         self._session: aiohttp.ClientSession | None = None
 
     @contextlib.asynccontextmanager
-    async def running(
-        self,
-        store: BlobStore,
-        index: Index,
-        router: Router,
-        *,
-        recovering: Callable[[], bool],
-        downloads: Callable[[], int],
-    ) -> AsyncIterator[None]:
-        """The checks running in the background for the duration."""
-        self._router = router
-        self._recovering = recovering
-        self._downloads = downloads
-        monitor = Monitor(self._checks(store, index))
+    async def running(self, mirror: Mirror) -> AsyncIterator[None]:
+        """The checks of ``mirror``'s store and index (and of what is configured beside
+        them) running in the background for the duration."""
+        self._mirror = mirror
+        monitor = Monitor(self._checks(mirror))
         self.monitor = monitor
         monitor.start()
         try:
@@ -77,14 +64,14 @@ class Health:
             if self._session is not None:
                 await self._session.close()
 
-    def _checks(self, store: BlobStore, index: Index) -> list[Check]:
+    def _checks(self, mirror: Mirror) -> list[Check]:
         health = self._settings.health
         checks: list[Check] = []
         driver = health.storagedriver
         if driver.enabled:
             checks += storage_checks(
-                store,
-                index,
+                mirror.store,
+                mirror.index,
                 min_free=self._settings.readiness_min_free,
                 interval=driver.interval,
                 threshold=driver.threshold,
@@ -112,11 +99,11 @@ class Health:
     @property
     def recovering(self) -> bool:
         """Files a crash left unindexed are still being checked (in the background)."""
-        return self._recovering()
+        return self._mirror is not None and self._mirror.recovering
 
     def downloads(self) -> int:
         """Upstream downloads in progress."""
-        return self._downloads()
+        return 0 if self._mirror is None else self._mirror.downloads()
 
     def statuses(self) -> list[CheckStatus]:
         return [] if self.monitor is None else list(self.monitor.statuses.values())
@@ -152,10 +139,10 @@ class Health:
     def upstreams(self) -> list[UpstreamState]:
         """Each upstream as its circuit breaker knows it (nothing is asked for this:
         every upstream request counts, no probe costs an upstream rate limit)."""
-        if self._router is None:
+        if self._mirror is None:
             return []
         states = []
-        for entry in self._router.entries:
+        for entry in self._mirror.router.entries:
             breaker = getattr(entry.upstream, "breaker", None)
             if not isinstance(breaker, Breaker):
                 continue
