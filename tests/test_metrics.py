@@ -7,6 +7,7 @@ without login, TLS; the rate limit an upstream announces and its 429s."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from registry_mirror.metrics import HTTP_BUCKETS, Metrics
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
-from tests.support.mirror import MirrorProcess, assert_log_quiet
+from tests.support.mirror import MirrorError, MirrorProcess, assert_log_quiet
 from tests.support.nginx import Nginx
 from tests.support.ports import free_port
 from tests.support.prometheus import Samples, scrape
@@ -274,6 +275,27 @@ def test_debug_addr_without_prometheus_enabled_starts_no_listener(
         _get(f"http://127.0.0.1:{port}/metrics")
     assert metrics(mirror).total("registry_mirror_build_info", version="0.1.0") == 1
     assert "the debug listener would serve nothing" in mirror.log()
+
+
+def test_a_debug_address_in_use_stops_the_mirror_naming_the_setting(
+    upstream: RegistryProcess, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = ["--http-debug-addr", address, "--http-debug-prometheus-enabled", "true"]
+        mirror = MirrorProcess(tmp_path / "mirror", upstream.url, args=args)
+        try:
+            try:
+                mirror.start()
+            except MirrorError:
+                pass  # gone before it answered
+            else:
+                assert mirror.wait_exit() == 1  # the main port was up a moment
+        finally:
+            mirror.stop()
+    assert f"cannot listen on http.debug.addr {address}: " in mirror.log()
 
 
 INSIDER = "127.0.0.2"  # in the allow list below; 127.0.0.1 is not
