@@ -270,10 +270,16 @@ def test_debug_addr_without_prometheus_enabled_starts_no_listener(
     upstream: RegistryProcess, mirror_factory: MirrorFactory
 ) -> None:
     port = free_port()
-    mirror = mirror_factory(upstream.url, args=["--http-debug-addr", f"127.0.0.1:{port}"])
+    limits = ["--storage-min-free", "1MB", "--storage-max-idle", "30d"]
+    mirror = mirror_factory(upstream.url, args=["--http-debug-addr", f"127.0.0.1:{port}", *limits])
     with pytest.raises(httpx.ConnectError):
         _get(f"http://127.0.0.1:{port}/metrics")
-    assert metrics(mirror).total("registry_mirror_build_info", version="0.1.0") == 1
+    samples = metrics(mirror)
+    assert samples.total("registry_mirror_build_info", version="0.1.0") == 1
+    # The limits set, as gauges; the one not set is not there.
+    assert samples.value("registry_mirror_storage_min_free_bytes") == 1_000_000
+    assert samples.value("registry_mirror_storage_max_idle_seconds") == 30 * 86400
+    assert samples.get("registry_mirror_storage_quota_bytes") is None
     assert "the debug listener would serve nothing" in mirror.log()
 
 
