@@ -2,8 +2,10 @@
 (Debian's ``docker-registry``) and parsed with the client library's parser: exact counts
 for a scripted pull (misses, then hits and a revalidated tag), the bytes from the cache
 and from upstream, one download shared by concurrent cold clients, evictions under a
-small quota; the debug listener (``http.debug``), the main-port endpoint off, admission
-without login, TLS; the rate limit an upstream announces and its 429s."""
+small quota; a logged-in client resolving tags with HEAD (its HEADs send no bytes) and
+asking another repository's digests; the debug listener (``http.debug``), the main-port
+endpoint off, admission without login, TLS; the rate limit an upstream announces and its
+429s."""
 
 from __future__ import annotations
 
@@ -342,6 +344,83 @@ def test_metrics_need_no_login_but_are_refused_outside_the_allow_list(
     after = scrape(f"{guarded.url}/metrics", transport=insider())
     assert after.value("registry_mirror_http_requests_total", route="metrics", status="2xx") >= 1
     assert after.value("registry_mirror_http_requests_total", route="other", status="4xx") >= 1
+
+
+def test_a_logged_in_head_first_client_is_counted_and_its_heads_send_no_bytes(
+    upstream: RegistryProcess, guarded: MirrorProcess
+) -> None:
+    """containerd's way (HEAD the tag, GET the manifest by digest, HEAD then GET each
+    blob), logged in, over HTTP and TLS; then the same digests asked under another
+    repository (hits, once upstream confirms them there). A request refused for want of
+    a login is no cache request."""
+    image = push_image(upstream.url, "library/alpine", "3", layers=[40_000])
+    other = push_image(upstream.url, "library/other", "3", layers=[40_000])
+    assert (other.digest, other.blobs) == (image.digest, image.blobs)
+    blob_bytes = sum(len(data) for data in image.blobs.values())
+    blobs = len(image.blobs)
+
+    def head_first(client: httpx.Client, repo: str) -> None:
+        head = client.head(f"/v2/{repo}/manifests/3", headers=ACCEPT)
+        assert head.status_code == 200, head.text
+        digest = head.headers["Docker-Content-Digest"]
+        manifest = client.get(f"/v2/{repo}/manifests/{digest}", headers=ACCEPT)
+        assert manifest.content == image.manifest
+        for blob, data in image.blobs.items():
+            assert client.head(f"/v2/{repo}/blobs/{blob}").status_code == 200
+            assert client.get(f"/v2/{repo}/blobs/{blob}").content == data
+
+    def samples() -> Samples:
+        return scrape(f"{guarded.url}/metrics", transport=insider())
+
+    with httpx.Client(
+        base_url=guarded.url, auth=("carol", "carols-pw"), transport=insider(), timeout=60
+    ) as client:
+        head_first(client, image.repo)  # cold
+        wait_until(
+            lambda: samples().total("registry_mirror_fills_total", result="cached") == blobs,
+            message=guarded.log,
+        )
+        cold = samples()
+        head_first(client, image.repo)  # warm
+        warm = samples()
+        for blob in image.blobs:  # the same bytes, another repository
+            assert client.get(f"/v2/{other.repo}/blobs/{blob}").status_code == 200
+        by_digest = client.get(f"/v2/{other.repo}/manifests/{image.digest}", headers=ACCEPT)
+        assert by_digest.content == image.manifest
+    elsewhere = samples()
+    with httpx.Client(base_url=guarded.url, transport=insider()) as anonymous:
+        refused = anonymous.get(f"/v2/{image.repo}/manifests/{image.digest}", headers=ACCEPT)
+        assert refused.status_code == 401
+    after = samples()
+
+    # Cold: everything asked of upstream; a HEAD's answer has no body.
+    assert cache(cold, "manifest", "miss") == 2
+    assert served(cold, "manifest", "miss") == len(image.manifest)
+    assert cache(cold, "blob", "miss") == 2 * blobs
+    assert served(cold, "blob", "miss") == blob_bytes
+    assert cold.value(RECEIVED, registry=REGISTRY, kind="blob") == blob_bytes
+    # Warm: the tag revalidated by its HEAD, the rest from the cache.
+    assert cache(warm, "manifest", "revalidated") == 1
+    assert served(warm, "manifest", "revalidated") == 0
+    assert cache(warm, "manifest", "hit") == 1
+    assert served(warm, "manifest", "hit") == len(image.manifest)
+    assert cache(warm, "blob", "hit") == 2 * blobs
+    assert served(warm, "blob", "hit") == blob_bytes
+    assert cache(warm, "manifest", "miss") == 2 and cache(warm, "blob", "miss") == 2 * blobs
+    # Another repository's digests: hits, confirmed upstream by a HEAD each, no download.
+    assert cache(elsewhere, "blob", "hit") == 3 * blobs
+    assert cache(elsewhere, "manifest", "hit") == 2
+    assert served(elsewhere, "blob", "hit") == 2 * blob_bytes
+    assert elsewhere.value(RECEIVED, registry=REGISTRY, kind="blob") == blob_bytes
+    requests = "registry_mirror_upstream_requests_total"
+    confirmed = elsewhere.value(requests, registry=REGISTRY, method="HEAD", status="2xx")
+    assert confirmed - warm.value(requests, registry=REGISTRY, method="HEAD", status="2xx") == (
+        blobs + 1
+    )
+    # Refused for want of a login: an HTTP request answered 401, no cache result.
+    assert after.total(CACHE) == elsewhere.total(CACHE)
+    http = "registry_mirror_http_requests_total"
+    assert after.value(http, route="manifest", status="4xx") == 1
 
 
 # --------------------------------------------------------------------- rate limits
