@@ -45,7 +45,6 @@ class Mirror:
         self.router = router
         self.evictor = evictor
         self._pins = pins
-        self._evictor = evictor
         guard = StorageGuard()
         self._links = RepoLinks(index)
         presence = Presence(self._links, guard)
@@ -103,7 +102,7 @@ class Mirror:
         """Content was removed on an operator's demand (an admin action): forgotten as an
         eviction is, its ``freed`` bytes on disk no longer counted against the quota."""
         self._evicted(digests)
-        self._evictor.released(freed)
+        self.evictor.released(freed)
 
     def in_use(self) -> list[Digest]:
         """The digests being served or written now (pinned): never removed under a client."""
