@@ -2,10 +2,10 @@
 (Debian's ``docker-registry``) and parsed with the client library's parser: exact counts
 for a scripted pull (misses, then hits and a revalidated tag), the bytes from the cache
 and from upstream, one download shared by concurrent cold clients, evictions under a
-small quota; a logged-in client resolving tags with HEAD (its HEADs send no bytes) and
-asking another repository's digests; the debug listener (``http.debug``), the main-port
-endpoint off, admission without login, TLS; the rate limit an upstream announces and its
-429s."""
+small quota, an admin's forget; a logged-in client resolving tags with HEAD (its HEADs
+send no bytes) and asking another repository's digests; the debug listener
+(``http.debug``), the main-port endpoint off, admission without login, TLS; the rate
+limit an upstream announces and its 429s."""
 
 from __future__ import annotations
 
@@ -234,6 +234,36 @@ def test_eviction_under_a_small_quota_is_counted_by_reason(
     assert after.value("registry_mirror_storage_blobs") == kept
     on_disk = sum(p.stat().st_blocks * 512 for p in stored_files(mirror.root))
     assert after.value("registry_mirror_storage_used_bytes") == on_disk
+
+
+def test_an_image_forgotten_by_an_admin_leaves_the_storage_gauges(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(make_htpasswd_line("root", "root-pw") + "\n")
+    mirror = mirror_factory(
+        upstream.url, args=["--auth-htpasswd-path", str(htpasswd), "--auth-admins", "root"]
+    )
+    image = push_image(upstream.url, "library/alpine", "1", layers=[50_000])
+    with httpx.Client(base_url=mirror.url, auth=("root", "root-pw"), trust_env=False) as admin:
+        for path in [f"manifests/{image.tag}", *(f"blobs/{digest}" for digest in image.blobs)]:
+            assert admin.get(f"/v2/{image.repo}/{path}", headers=ACCEPT).status_code == 200
+        files = len(image.blobs) + 1
+
+        def stored() -> float:
+            return metrics(mirror).value("registry_mirror_storage_blobs")
+
+        wait_until(lambda: stored() == files, message=mirror.log)
+        before = metrics(mirror)
+        on_disk = sum(disk_size(mirror, d) for d in [image.digest, *image.blobs])
+        assert before.value("registry_mirror_storage_used_bytes") == on_disk
+        forgotten = admin.post("/admin/images/forget", json={"image": "alpine:1"})
+        assert forgotten.status_code == 200, forgotten.text
+        assert forgotten.json()["files"] == files
+    after = metrics(mirror)
+    assert after.value("registry_mirror_storage_blobs") == 0
+    assert after.value("registry_mirror_storage_used_bytes") == 0
+    assert not stored_files(mirror.root)
 
 
 def _get(url: str, **client: object) -> httpx.Response:

@@ -247,9 +247,12 @@ class Evictor:
         if self.limits.quota is not None and self.used > self.limits.quota:
             self._wake.set()
 
-    def released(self, nbytes: int) -> None:
-        """``nbytes`` on disk were freed by someone else (an admin action)."""
+    def released(self, nbytes: int, blobs: int) -> None:
+        """``blobs`` files, ``nbytes`` on disk, were removed by someone else (an admin
+        action)."""
         self.used = max(0, self.used - nbytes)
+        if self.blobs is not None:
+            self.blobs = max(0, self.blobs - blobs)
 
     async def _loop(self) -> None:
         interval = CHECK_INTERVAL

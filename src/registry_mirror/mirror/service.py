@@ -100,9 +100,9 @@ class Mirror:
 
     def removed(self, digests: list[Digest], freed: int) -> None:
         """Content was removed on an operator's demand (an admin action): forgotten as an
-        eviction is, its ``freed`` bytes on disk no longer counted against the quota."""
+        eviction is, its files and their ``freed`` bytes on disk no longer counted."""
         self._evicted(digests)
-        self.evictor.released(freed)
+        self.evictor.released(freed, len(digests))
 
     def in_use(self) -> list[Digest]:
         """The digests being served or written now (pinned): never removed under a client."""
