@@ -1,11 +1,11 @@
 """The mirror's metrics, scraped from the real process in front of a real upstream registry
 (Debian's ``docker-registry``) and parsed with the client library's parser: exact counts
 for a scripted pull (misses, then hits and a revalidated tag), the bytes from the cache
-and from upstream, one download shared by concurrent cold clients, evictions under a
-small quota, an admin's forget; a logged-in client resolving tags with HEAD (its HEADs
-send no bytes) and asking another repository's digests; the debug listener
-(``http.debug``), the main-port endpoint off, admission without login, TLS; the rate
-limit an upstream announces and its 429s."""
+and from upstream, one download shared by concurrent cold clients, an upstream down
+(stale answers, the breaker's gauges), evictions under a small quota, an admin's forget;
+a logged-in client resolving tags with HEAD (its HEADs send no bytes) and asking another
+repository's digests; the debug listener (``http.debug``), the main-port endpoint off,
+admission without login, TLS; the rate limit an upstream announces and its 429s."""
 
 from __future__ import annotations
 
@@ -200,6 +200,45 @@ def test_concurrent_cold_clients_share_one_download_and_are_counted_coalesced(
     assert after.value("registry_mirror_fills_total", registry=REGISTRY, result="cached") == 1
     assert after.value("registry_mirror_fill_clients", registry=REGISTRY) == 0
     assert after.value("registry_mirror_fills_in_progress", registry=REGISTRY) == 0
+
+
+def test_an_upstream_down_is_counted_and_its_tags_answered_stale(
+    upstream: RegistryProcess, proxy: FaultyProxy, proxied: MirrorProcess
+) -> None:
+    """Upstream answers 503 to everything: each tag is served from the cache (stale) and
+    counted so; the breaker marks upstream down after its threshold, which the gauges show."""
+    image = push_image(upstream.url, "library/alpine", "1", layers=[1000])
+    pull(proxied, image)
+    up = metrics(proxied)
+    assert up.value("registry_mirror_upstream_up", registry=REGISTRY) == 1
+    assert up.value("registry_mirror_upstream_consecutive_failures", registry=REGISTRY) == 0
+    assert (
+        up.get("registry_mirror_upstream_last_failure_timestamp_seconds", registry=REGISTRY) is None
+    )
+    proxy.status(None, r"^/v2/", 503)
+    asked = 4
+    with httpx.Client(base_url=proxied.url, trust_env=False, timeout=30) as client:
+        for _ in range(asked):
+            answer = client.get(f"/v2/{image.repo}/manifests/{image.tag}", headers=ACCEPT)
+            assert answer.status_code == 200 and answer.content == image.manifest
+            assert "Warning" in answer.headers
+    refused = len([r for r in proxy.requests() if r.status == 503])
+    assert 3 <= refused < asked  # the last one not asked of upstream: it is marked down
+    down = metrics(proxied)
+    assert cache(down, "manifest", "stale") == asked
+    assert served(down, "manifest", "stale") == asked * len(image.manifest)
+    assert down.value("registry_mirror_upstream_up", registry=REGISTRY) == 0
+    failures = down.value("registry_mirror_upstream_consecutive_failures", registry=REGISTRY)
+    assert failures >= 3
+    success = down.value(
+        "registry_mirror_upstream_last_success_timestamp_seconds", registry=REGISTRY
+    )
+    failure = down.value(
+        "registry_mirror_upstream_last_failure_timestamp_seconds", registry=REGISTRY
+    )
+    assert failure >= success
+    requests = "registry_mirror_upstream_requests_total"
+    assert down.total(requests, registry=REGISTRY, status="5xx") == refused
 
 
 def test_eviction_under_a_small_quota_is_counted_by_reason(
