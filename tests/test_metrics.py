@@ -1,12 +1,15 @@
 """The mirror's metrics, scraped from the real process in front of a real upstream registry
 (Debian's ``docker-registry``) and parsed with the client library's parser: exact counts
 for a scripted pull (misses, then hits and a revalidated tag), the bytes from the cache
-and from upstream, one download shared by concurrent cold clients, evictions under a
-small quota; the debug listener (``http.debug``), the main-port endpoint off, admission
-without login, TLS; the rate limit an upstream announces and its 429s."""
+and from upstream, one download shared by concurrent cold clients, an upstream down
+(stale answers, the breaker's gauges), evictions under a small quota, an admin's forget;
+a logged-in client resolving tags with HEAD (its HEADs send no bytes) and asking another
+repository's digests; the debug listener (``http.debug``), the main-port endpoint off,
+admission without login, TLS; the rate limit an upstream announces and its 429s."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +24,7 @@ from registry_mirror.metrics import HTTP_BUCKETS, Metrics
 from tests.conftest import MirrorFactory
 from tests.support.faulty import FaultyProxy
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
-from tests.support.mirror import MirrorProcess, assert_log_quiet
+from tests.support.mirror import MirrorError, MirrorProcess, assert_log_quiet
 from tests.support.nginx import Nginx
 from tests.support.ports import free_port
 from tests.support.prometheus import Samples, scrape
@@ -199,6 +202,45 @@ def test_concurrent_cold_clients_share_one_download_and_are_counted_coalesced(
     assert after.value("registry_mirror_fills_in_progress", registry=REGISTRY) == 0
 
 
+def test_an_upstream_down_is_counted_and_its_tags_answered_stale(
+    upstream: RegistryProcess, proxy: FaultyProxy, proxied: MirrorProcess
+) -> None:
+    """Upstream answers 503 to everything: each tag is served from the cache (stale) and
+    counted so; the breaker marks upstream down after its threshold, which the gauges show."""
+    image = push_image(upstream.url, "library/alpine", "1", layers=[1000])
+    pull(proxied, image)
+    up = metrics(proxied)
+    assert up.value("registry_mirror_upstream_up", registry=REGISTRY) == 1
+    assert up.value("registry_mirror_upstream_consecutive_failures", registry=REGISTRY) == 0
+    assert (
+        up.get("registry_mirror_upstream_last_failure_timestamp_seconds", registry=REGISTRY) is None
+    )
+    proxy.status(None, r"^/v2/", 503)
+    asked = 4
+    with httpx.Client(base_url=proxied.url, trust_env=False, timeout=30) as client:
+        for _ in range(asked):
+            answer = client.get(f"/v2/{image.repo}/manifests/{image.tag}", headers=ACCEPT)
+            assert answer.status_code == 200 and answer.content == image.manifest
+            assert "Warning" in answer.headers
+    refused = len([r for r in proxy.requests() if r.status == 503])
+    assert 3 <= refused < asked  # the last one not asked of upstream: it is marked down
+    down = metrics(proxied)
+    assert cache(down, "manifest", "stale") == asked
+    assert served(down, "manifest", "stale") == asked * len(image.manifest)
+    assert down.value("registry_mirror_upstream_up", registry=REGISTRY) == 0
+    failures = down.value("registry_mirror_upstream_consecutive_failures", registry=REGISTRY)
+    assert failures >= 3
+    success = down.value(
+        "registry_mirror_upstream_last_success_timestamp_seconds", registry=REGISTRY
+    )
+    failure = down.value(
+        "registry_mirror_upstream_last_failure_timestamp_seconds", registry=REGISTRY
+    )
+    assert failure >= success
+    requests = "registry_mirror_upstream_requests_total"
+    assert down.total(requests, registry=REGISTRY, status="5xx") == refused
+
+
 def test_eviction_under_a_small_quota_is_counted_by_reason(
     upstream: RegistryProcess, mirror_factory: MirrorFactory
 ) -> None:
@@ -231,6 +273,36 @@ def test_eviction_under_a_small_quota_is_counted_by_reason(
     assert after.value("registry_mirror_storage_blobs") == kept
     on_disk = sum(p.stat().st_blocks * 512 for p in stored_files(mirror.root))
     assert after.value("registry_mirror_storage_used_bytes") == on_disk
+
+
+def test_an_image_forgotten_by_an_admin_leaves_the_storage_gauges(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(make_htpasswd_line("root", "root-pw") + "\n")
+    mirror = mirror_factory(
+        upstream.url, args=["--auth-htpasswd-path", str(htpasswd), "--auth-admins", "root"]
+    )
+    image = push_image(upstream.url, "library/alpine", "1", layers=[50_000])
+    with httpx.Client(base_url=mirror.url, auth=("root", "root-pw"), trust_env=False) as admin:
+        for path in [f"manifests/{image.tag}", *(f"blobs/{digest}" for digest in image.blobs)]:
+            assert admin.get(f"/v2/{image.repo}/{path}", headers=ACCEPT).status_code == 200
+        files = len(image.blobs) + 1
+
+        def stored() -> float:
+            return metrics(mirror).value("registry_mirror_storage_blobs")
+
+        wait_until(lambda: stored() == files, message=mirror.log)
+        before = metrics(mirror)
+        on_disk = sum(disk_size(mirror, d) for d in [image.digest, *image.blobs])
+        assert before.value("registry_mirror_storage_used_bytes") == on_disk
+        forgotten = admin.post("/admin/images/forget", json={"image": "alpine:1"})
+        assert forgotten.status_code == 200, forgotten.text
+        assert forgotten.json()["files"] == files
+    after = metrics(mirror)
+    assert after.value("registry_mirror_storage_blobs") == 0
+    assert after.value("registry_mirror_storage_used_bytes") == 0
+    assert not stored_files(mirror.root)
 
 
 def _get(url: str, **client: object) -> httpx.Response:
@@ -269,11 +341,38 @@ def test_debug_addr_without_prometheus_enabled_starts_no_listener(
     upstream: RegistryProcess, mirror_factory: MirrorFactory
 ) -> None:
     port = free_port()
-    mirror = mirror_factory(upstream.url, args=["--http-debug-addr", f"127.0.0.1:{port}"])
+    limits = ["--storage-min-free", "1MB", "--storage-max-idle", "30d"]
+    mirror = mirror_factory(upstream.url, args=["--http-debug-addr", f"127.0.0.1:{port}", *limits])
     with pytest.raises(httpx.ConnectError):
         _get(f"http://127.0.0.1:{port}/metrics")
-    assert metrics(mirror).total("registry_mirror_build_info", version="0.1.0") == 1
+    samples = metrics(mirror)
+    assert samples.total("registry_mirror_build_info", version="0.1.0") == 1
+    # The limits set, as gauges; the one not set is not there.
+    assert samples.value("registry_mirror_storage_min_free_bytes") == 1_000_000
+    assert samples.value("registry_mirror_storage_max_idle_seconds") == 30 * 86400
+    assert samples.get("registry_mirror_storage_quota_bytes") is None
     assert "the debug listener would serve nothing" in mirror.log()
+
+
+def test_a_debug_address_in_use_stops_the_mirror_naming_the_setting(
+    upstream: RegistryProcess, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = ["--http-debug-addr", address, "--http-debug-prometheus-enabled", "true"]
+        mirror = MirrorProcess(tmp_path / "mirror", upstream.url, args=args)
+        try:
+            try:
+                mirror.start()
+            except MirrorError:
+                pass  # gone before it answered
+            else:
+                assert mirror.wait_exit() == 1  # the main port was up a moment
+        finally:
+            mirror.stop()
+    assert f"cannot listen on http.debug.addr {address}: " in mirror.log()
 
 
 INSIDER = "127.0.0.2"  # in the allow list below; 127.0.0.1 is not
@@ -314,6 +413,83 @@ def test_metrics_need_no_login_but_are_refused_outside_the_allow_list(
     after = scrape(f"{guarded.url}/metrics", transport=insider())
     assert after.value("registry_mirror_http_requests_total", route="metrics", status="2xx") >= 1
     assert after.value("registry_mirror_http_requests_total", route="other", status="4xx") >= 1
+
+
+def test_a_logged_in_head_first_client_is_counted_and_its_heads_send_no_bytes(
+    upstream: RegistryProcess, guarded: MirrorProcess
+) -> None:
+    """containerd's way (HEAD the tag, GET the manifest by digest, HEAD then GET each
+    blob), logged in, over HTTP and TLS; then the same digests asked under another
+    repository (hits, once upstream confirms them there). A request refused for want of
+    a login is no cache request."""
+    image = push_image(upstream.url, "library/alpine", "3", layers=[40_000])
+    other = push_image(upstream.url, "library/other", "3", layers=[40_000])
+    assert (other.digest, other.blobs) == (image.digest, image.blobs)
+    blob_bytes = sum(len(data) for data in image.blobs.values())
+    blobs = len(image.blobs)
+
+    def head_first(client: httpx.Client, repo: str) -> None:
+        head = client.head(f"/v2/{repo}/manifests/3", headers=ACCEPT)
+        assert head.status_code == 200, head.text
+        digest = head.headers["Docker-Content-Digest"]
+        manifest = client.get(f"/v2/{repo}/manifests/{digest}", headers=ACCEPT)
+        assert manifest.content == image.manifest
+        for blob, data in image.blobs.items():
+            assert client.head(f"/v2/{repo}/blobs/{blob}").status_code == 200
+            assert client.get(f"/v2/{repo}/blobs/{blob}").content == data
+
+    def samples() -> Samples:
+        return scrape(f"{guarded.url}/metrics", transport=insider())
+
+    with httpx.Client(
+        base_url=guarded.url, auth=("carol", "carols-pw"), transport=insider(), timeout=60
+    ) as client:
+        head_first(client, image.repo)  # cold
+        wait_until(
+            lambda: samples().total("registry_mirror_fills_total", result="cached") == blobs,
+            message=guarded.log,
+        )
+        cold = samples()
+        head_first(client, image.repo)  # warm
+        warm = samples()
+        for blob in image.blobs:  # the same bytes, another repository
+            assert client.get(f"/v2/{other.repo}/blobs/{blob}").status_code == 200
+        by_digest = client.get(f"/v2/{other.repo}/manifests/{image.digest}", headers=ACCEPT)
+        assert by_digest.content == image.manifest
+    elsewhere = samples()
+    with httpx.Client(base_url=guarded.url, transport=insider()) as anonymous:
+        refused = anonymous.get(f"/v2/{image.repo}/manifests/{image.digest}", headers=ACCEPT)
+        assert refused.status_code == 401
+    after = samples()
+
+    # Cold: everything asked of upstream; a HEAD's answer has no body.
+    assert cache(cold, "manifest", "miss") == 2
+    assert served(cold, "manifest", "miss") == len(image.manifest)
+    assert cache(cold, "blob", "miss") == 2 * blobs
+    assert served(cold, "blob", "miss") == blob_bytes
+    assert cold.value(RECEIVED, registry=REGISTRY, kind="blob") == blob_bytes
+    # Warm: the tag revalidated by its HEAD, the rest from the cache.
+    assert cache(warm, "manifest", "revalidated") == 1
+    assert served(warm, "manifest", "revalidated") == 0
+    assert cache(warm, "manifest", "hit") == 1
+    assert served(warm, "manifest", "hit") == len(image.manifest)
+    assert cache(warm, "blob", "hit") == 2 * blobs
+    assert served(warm, "blob", "hit") == blob_bytes
+    assert cache(warm, "manifest", "miss") == 2 and cache(warm, "blob", "miss") == 2 * blobs
+    # Another repository's digests: hits, confirmed upstream by a HEAD each, no download.
+    assert cache(elsewhere, "blob", "hit") == 3 * blobs
+    assert cache(elsewhere, "manifest", "hit") == 2
+    assert served(elsewhere, "blob", "hit") == 2 * blob_bytes
+    assert elsewhere.value(RECEIVED, registry=REGISTRY, kind="blob") == blob_bytes
+    requests = "registry_mirror_upstream_requests_total"
+    confirmed = elsewhere.value(requests, registry=REGISTRY, method="HEAD", status="2xx")
+    assert confirmed - warm.value(requests, registry=REGISTRY, method="HEAD", status="2xx") == (
+        blobs + 1
+    )
+    # Refused for want of a login: an HTTP request answered 401, no cache result.
+    assert after.total(CACHE) == elsewhere.total(CACHE)
+    http = "registry_mirror_http_requests_total"
+    assert after.value(http, route="manifest", status="4xx") == 1
 
 
 # --------------------------------------------------------------------- rate limits

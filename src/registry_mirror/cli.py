@@ -329,6 +329,31 @@ async def _reload(tls: _TLS | None, app: web.Application) -> None:
     )
 
 
+async def _listen(
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    where: str,
+    *,
+    backlog: int = 128,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
+    """Serve ``runner`` on ``host:port`` (``""`` and ``::``: one socket for IPv4 and
+    IPv6); an OSError names ``where`` (the setting that asked for it)."""
+    site: web.BaseSite
+    try:
+        if host in ("", "::"):
+            sock = _dual_stack_socket(host, port)
+            site = web.SockSite(runner, sock, backlog=backlog, ssl_context=ssl_context)
+        else:
+            site = web.TCPSite(
+                runner, host, port, backlog=backlog, reuse_address=True, ssl_context=ssl_context
+            )
+        await site.start()
+    except OSError as exc:
+        raise OSError(f"cannot listen on {where}: {exc.strerror}") from None
+
+
 async def _debug_listener(settings: Settings, app: web.Application) -> web.AppRunner | None:
     """registry:2's debug listener (``http.debug.addr``), serving the metrics at
     ``http.debug.prometheus.path``; None when not configured."""
@@ -345,17 +370,10 @@ async def _debug_listener(settings: Settings, app: web.Application) -> web.AppRu
     runner = web.AppRunner(debug_app(app[SCRAPE_KEY], path), access_log=None)
     await runner.setup()
     try:
-        site: web.BaseSite
-        if host in ("", "::"):
-            site = web.SockSite(runner, _dual_stack_socket(host, port))
-        else:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-    except OSError as exc:
+        await _listen(runner, host, port, f"http.debug.addr {settings.http.debug.addr}")
+    except OSError:
         await runner.cleanup()
-        raise OSError(
-            f"cannot listen on http.debug.addr {settings.http.debug.addr}: {exc.strerror}"
-        ) from None
+        raise
     log.info("metrics on %s%s (debug listener)", settings.http.debug.addr, path)
     return runner
 
@@ -380,18 +398,7 @@ async def _serve(settings: Settings) -> None:
     stack = contextlib.AsyncExitStack()
     try:
         ssl_context = tls.server if tls is not None else None
-        site: web.BaseSite
-        try:
-            if host in ("", "::"):
-                sock = _dual_stack_socket(host, port)
-                site = web.SockSite(runner, sock, backlog=1024, ssl_context=ssl_context)
-            else:
-                site = web.TCPSite(
-                    runner, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context
-                )
-            await site.start()
-        except OSError as exc:
-            raise OSError(f"cannot listen on {settings.http.addr}: {exc.strerror}") from None
+        await _listen(runner, host, port, settings.http.addr, backlog=1024, ssl_context=ssl_context)
         log.info("listening on %s%s", settings.http.addr, " (TLS)" if tls else "")
         _exposure_warning(settings, host)
         debug = await _debug_listener(settings, app)

@@ -158,31 +158,19 @@ class UpstreamMetrics:
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.name = name
-        self._metrics = metrics
-        self._requests: dict[tuple[str, str], Count] = {}
-        self._durations: dict[str, Timing] = {}
+        self._requests = metrics.upstream_requests
+        self._durations = metrics.upstream_duration
         self.received = {kind: metrics.upstream_bytes.child(name, kind) for kind in KINDS}
         self.rate_limited = metrics.upstream_rate_limited.child(name)
-        for method in ("GET", "HEAD"):
-            self._durations[method] = metrics.upstream_duration.child(name, method)
+        for method in ("GET", "HEAD"):  # shown at 0 from the start
+            self._durations.child(name, method)
             for cls in ("2xx", "3xx", "4xx", "5xx", "error"):
-                self._requests[method, cls] = metrics.upstream_requests.child(name, method, cls)
+                self._requests.child(name, method, cls)
 
     def request(self, method: str, status: int | None, seconds: float) -> None:
         """One request answered with ``status`` (None: no answer) after ``seconds``."""
-        cls = status_class(status)
-        counter = self._requests.get((method, cls))
-        if counter is None:
-            counter = self._requests[method, cls] = self._metrics.upstream_requests.child(
-                self.name, method, cls
-            )
-        counter.inc()
-        duration = self._durations.get(method)
-        if duration is None:
-            duration = self._durations[method] = self._metrics.upstream_duration.child(
-                self.name, method
-            )
-        duration.observe(seconds)
+        self._requests.child(self.name, method, status_class(status)).inc()
+        self._durations.child(self.name, method).observe(seconds)
 
 
 class Metrics:

@@ -1,8 +1,10 @@
 """A test server run in the foreground as a real process: started from a work directory,
-waited for until it listens on loopback, stopped with SIGTERM (then SIGKILL)."""
+waited for until it listens on loopback (and says it is ready), stopped with SIGTERM
+(then SIGKILL)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -60,20 +62,28 @@ class ServerProcess(Service):
     def log(self) -> str:
         return ""
 
+    def output(self) -> Path | None:
+        """The file the process's stdout and stderr are appended to (None: discarded)."""
+        return None
+
+    def ready(self) -> bool:
+        """Asked once it listens: ready to serve (a server that loads its data first)?"""
+        return True
+
     def start(self, timeout: float = 10.0) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        self._proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        output = self.output()
+        with contextlib.ExitStack() as stack:
+            sink = subprocess.DEVNULL if output is None else stack.enter_context(output.open("ab"))
+            self._proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise self.error(f"{self.name} exited with {self._proc.returncode}:\n{self.log()}")
-            if all(listening(port) for port in self.ports()):
+            if all(listening(port) for port in self.ports()) and self.ready():
                 return self
             time.sleep(0.05)
         self.stop()

@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .ports import free_port
-from .process import find_binary, listening
-from .service import Service
+from .process import ServerError, ServerProcess, find_binary
 
 __all__ = [
     "PROMETHEUS_BINARY",
@@ -51,7 +47,7 @@ __all__ = [
 PROMETHEUS_BINARY = "prometheus"
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(ServerError):
     """The Prometheus server failed to start, or a query failed."""
 
 
@@ -128,20 +124,16 @@ class Target:
     job: str = "mirror"
 
 
-class PrometheusServer(Service):
+class PrometheusServer(ServerProcess):
     """``prometheus`` scraping ``targets`` every second, its data in ``workdir``."""
 
+    name = "prometheus"
+    error = PrometheusError
+
     def __init__(self, workdir: Path, targets: Sequence[Target], *, binary: str | None = None):
-        self.workdir = Path(workdir)
+        super().__init__(workdir)
         self.targets = list(targets)
         self.binary = binary or require_prometheus()
-        self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -151,7 +143,7 @@ class PrometheusServer(Service):
         jobs: dict[str, list[Target]] = {}
         for target in self.targets:
             jobs.setdefault(f"{target.job}-{target.path}-{target.https}", []).append(target)
-        scrape_configs = []
+        scrape_configs: list[dict[str, Any]] = []
         for targets in jobs.values():
             first = targets[0]
             job: dict[str, Any] = {
@@ -168,53 +160,28 @@ class PrometheusServer(Service):
             "scrape_configs": scrape_configs,
         }
 
-    def start(self, timeout: float = 30.0) -> Self:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(self.config()))
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._proc = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            env={k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                raise PrometheusError(f"prometheus exited with {code}:\n{self.log()}")
-            if listening(self.port) and self._ready():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise PrometheusError(f"prometheus was not ready within {timeout}s:\n{self.log()}")
+    def prepare(self) -> None:
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config()))
 
-    def _ready(self) -> bool:
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+
+    def output(self) -> Path:
+        return self.log_path
+
+    def ready(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(f"{self.url}/-/ready", timeout=2, trust_env=False).status_code == 200
         return False
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def start(self, timeout: float = 30.0) -> Self:
+        return super().start(timeout)  # its data loaded first
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
@@ -234,15 +201,6 @@ class PrometheusServer(Service):
         assert isinstance(result, list)
         return result
 
-    def values(self, expr: str) -> dict[Labels, float]:
-        """The query's series: labels (``__name__`` left out) → value."""
-        return {
-            frozenset((k, v) for k, v in row["metric"].items() if k != "__name__"): float(
-                row["value"][1]
-            )
-            for row in self.query(expr)
-        }
-
     def wait_for(self, expr: str, expected: float, timeout: float = 30.0) -> Mapping[str, str]:
         """Wait until ``expr`` has exactly one series, of value ``expected``; its labels."""
         deadline = time.monotonic() + timeout
@@ -259,8 +217,3 @@ class PrometheusServer(Service):
             f"{expr} never was {expected}: last {json.dumps(last)}\n"
             f"targets: {json.dumps(targets)[:2000]}\n{self.log()}"
         )
-
-    def series(self) -> Iterator[str]:
-        """Every metric name Prometheus has."""
-        response = httpx.get(f"{self.url}/api/v1/label/__name__/values", timeout=10)
-        yield from response.json()["data"]

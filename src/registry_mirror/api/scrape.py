@@ -75,6 +75,11 @@ def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMe
     return GaugeMetricFamily(f"{NAMESPACE}_{name}", documentation, labels=list(labels))
 
 
+def _value(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """A gauge without labels, of one value."""
+    return GaugeMetricFamily(f"{NAMESPACE}_{name}", documentation, value=value)
+
+
 class MirrorCollector:
     """The running mirror's figures, read at scrape time."""
 
@@ -172,40 +177,37 @@ class MirrorCollector:
         for entry in self.mirror.router.entries:
             in_progress.add_metric([entry.name], downloads[entry.name])
             waiting.add_metric([entry.name], clients[entry.name])
-        queued = _gauge(
+        queued = _value(
             "fill_queue",
             "Requests waiting for a download slot (limits.upstream_fetches)",
+            blobs.queued,
         )
-        queued.add_metric([], blobs.queued)
         yield from (in_progress, waiting, queued)
 
     def _storage(self) -> Iterator[Metric]:
+        """The figures known (None: not measured yet, or the limit not set)."""
         evictor = self.mirror.evictor
         limits = evictor.limits
-        if evictor.measured.is_set():
-            used = _gauge("storage_used_bytes", "Bytes on disk the cached blobs take")
-            used.add_metric([], evictor.used)
-            yield used
-            if evictor.blobs is not None:
-                blobs = _gauge("storage_blobs", "Blobs (manifests included) in the cache")
-                blobs.add_metric([], evictor.blobs)
-                yield blobs
-        if limits.quota is not None:
-            quota = _gauge("storage_quota_bytes", "storage.quota: the cache's size limit")
-            quota.add_metric([], limits.quota)
-            yield quota
-        if limits.min_free is not None:
-            min_free = _gauge("storage_min_free_bytes", "storage.min_free: free space kept")
-            min_free.add_metric([], limits.min_free)
-            yield min_free
-        if limits.max_idle is not None:
-            idle = _gauge("storage_max_idle_seconds", "storage.max_idle: unused content goes")
-            idle.add_metric([], limits.max_idle)
-            yield idle
-        if self._free is not None:
-            free = _gauge("storage_free_bytes", "Bytes free on the cache's filesystem")
-            free.add_metric([], self._free)
-            yield free
+        measured = evictor.measured.is_set()
+        figures = (
+            (
+                "storage_used_bytes",
+                "Bytes on disk the cached blobs take",
+                evictor.used if measured else None,
+            ),
+            (
+                "storage_blobs",
+                "Blobs (manifests included) in the cache",
+                evictor.blobs if measured else None,
+            ),
+            ("storage_quota_bytes", "storage.quota: the cache's size limit", limits.quota),
+            ("storage_min_free_bytes", "storage.min_free: free space kept", limits.min_free),
+            ("storage_max_idle_seconds", "storage.max_idle: unused content goes", limits.max_idle),
+            ("storage_free_bytes", "Bytes free on the cache's filesystem", self._free),
+        )
+        for name, documentation, value in figures:
+            if value is not None:
+                yield _value(name, documentation, value)
 
 
 class Scrape:

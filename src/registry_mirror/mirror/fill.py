@@ -364,77 +364,84 @@ class BlobFill:
         """
         self.clients += 1  # counted for the metrics while this response takes bytes
         try:
-            if self._far_ahead(start, end):
-                assert end is not None
-                try:
-                    upstream = await self._upstream.get_blob(self.repo, self.digest, start, end)
-                except UpstreamError as exc:
-                    log.info("range %d-%d of %s follows the fill: %s", start, end, self.digest, exc)
-                else:
-                    direct = DirectBlob(self.digest, upstream)
-                    try:
-                        async for chunk in direct.stream(start, end):
-                            yield chunk
-                    finally:
-                        direct.close()
-                    return
-            staged = self._staged
-            if staged is None:
-                raise FillFailed(str(self.error or "fill did not start"))
-            try:
-                reader = staged.reader()
-            except StorageError as exc:
-                if self.committed:
-                    # Committed between the lookup and now: the verified file is there.
-                    try:
-                        async for chunk in self._store.open(self.digest, start, end):
-                            yield chunk
-                    except StorageError as gone:
-                        raise FillFailed(str(gone)) from gone
-                    return
-                raise FillFailed(str(self.error or exc)) from exc
-            sent = start  # everything before this offset has been yielded
-            whole = start == 0 and end in (None, self.size)
-            try:
-                while end is None or sent < end:
-                    if self.error is not None:
-                        break
-                    available = self.received
-                    if sent < available:
-                        size = available - sent if end is None else min(available, end) - sent
-                        piece: bytes | FileSpan | None = self._from_memory(sent, size)
-                        if piece is None and spans and isinstance(reader, LocalStagedReader):
-                            piece = FileSpan(reader.fileno(), sent, min(size, self.written - sent))
-                        if piece is None:
-                            piece = await reader.read(sent, min(READ_CHUNK, size))
-                        length = len(piece)
-                        if not length:
-                            raise FillFailed("staged file shorter than written")
-                        if whole and sent + length == self.size:
-                            # The last bytes of the whole blob wait for the verdict on the
-                            # digest: a client never completes a response of unverified data.
-                            # (A range is answered as soon as its bytes are here.)
-                            await self._verdict.wait()
-                            if not self.verified:
-                                break
-                        sent += length
-                        yield piece
-                        continue
-                    if self.done:
-                        break
-                    await self._wait_progress(sent)
-                else:
-                    return
-                if self.error is None:
-                    return
-                if not isinstance(self.error, StorageError):
-                    raise FillFailed(str(self.error))
-                async for chunk in self._continue_direct(reader, start, sent, end):
-                    yield chunk
-            finally:
-                reader.close()
+            async with contextlib.aclosing(self._pieces(start, end, spans)) as pieces:
+                async for piece in pieces:
+                    yield piece
         finally:
             self.clients -= 1
+
+    async def _pieces(
+        self, start: int, end: int | None, spans: bool
+    ) -> AsyncGenerator[bytes | FileSpan, None]:
+        if self._far_ahead(start, end):
+            assert end is not None
+            try:
+                upstream = await self._upstream.get_blob(self.repo, self.digest, start, end)
+            except UpstreamError as exc:
+                log.info("range %d-%d of %s follows the fill: %s", start, end, self.digest, exc)
+            else:
+                direct = DirectBlob(self.digest, upstream)
+                try:
+                    async for chunk in direct.stream(start, end):
+                        yield chunk
+                finally:
+                    direct.close()
+                return
+        staged = self._staged
+        if staged is None:
+            raise FillFailed(str(self.error or "fill did not start"))
+        try:
+            reader = staged.reader()
+        except StorageError as exc:
+            if self.committed:
+                # Committed between the lookup and now: the verified file is there.
+                try:
+                    async for chunk in self._store.open(self.digest, start, end):
+                        yield chunk
+                except StorageError as gone:
+                    raise FillFailed(str(gone)) from gone
+                return
+            raise FillFailed(str(self.error or exc)) from exc
+        sent = start  # everything before this offset has been yielded
+        whole = start == 0 and end in (None, self.size)
+        try:
+            while end is None or sent < end:
+                if self.error is not None:
+                    break
+                available = self.received
+                if sent < available:
+                    size = available - sent if end is None else min(available, end) - sent
+                    piece: bytes | FileSpan | None = self._from_memory(sent, size)
+                    if piece is None and spans and isinstance(reader, LocalStagedReader):
+                        piece = FileSpan(reader.fileno(), sent, min(size, self.written - sent))
+                    if piece is None:
+                        piece = await reader.read(sent, min(READ_CHUNK, size))
+                    length = len(piece)
+                    if not length:
+                        raise FillFailed("staged file shorter than written")
+                    if whole and sent + length == self.size:
+                        # The last bytes of the whole blob wait for the verdict on the
+                        # digest: a client never completes a response of unverified data.
+                        # (A range is answered as soon as its bytes are here.)
+                        await self._verdict.wait()
+                        if not self.verified:
+                            break
+                    sent += length
+                    yield piece
+                    continue
+                if self.done:
+                    break
+                await self._wait_progress(sent)
+            else:
+                return
+            if self.error is None:
+                return
+            if not isinstance(self.error, StorageError):
+                raise FillFailed(str(self.error))
+            async for chunk in self._continue_direct(reader, start, sent, end):
+                yield chunk
+        finally:
+            reader.close()
 
     def _far_ahead(self, start: int, end: int | None) -> bool:
         """A short range that begins well past what the download has received."""
