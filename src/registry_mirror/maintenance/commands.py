@@ -1,5 +1,6 @@
-"""The operator commands: ``ls``, ``du``, ``prune``, ``verify``, ``warm``, and the admin
-actions ``inspect``, ``refresh``, ``forget`` (their own module, ``admin_commands``).
+"""The operator commands: ``ls``, ``du``, ``prune``, ``verify``, ``warm``, ``probe``, and
+the admin actions ``inspect``, ``refresh``, ``forget`` (their own module,
+``admin_commands``).
 
 Thin shells over the operations of :mod:`registry_mirror.maintenance`: arguments in, a
 table (or JSON) out, an exit status that scripts can use.
@@ -11,7 +12,10 @@ import argparse
 import dataclasses
 import json
 import re
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -37,7 +41,16 @@ from registry_mirror.storage import StorageError
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
-COMMANDS: Final = ("ls", "du", "prune", "verify", "warm", *admin_commands.ADMIN_COMMANDS)
+COMMANDS: Final = (
+    "ls",
+    "du",
+    "prune",
+    "verify",
+    "warm",
+    "probe",
+    *admin_commands.ADMIN_COMMANDS,
+)
+PROBES: Final = ("readyz", "livez", "startupz")
 
 T = TypeVar("T")
 
@@ -83,6 +96,16 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="verify the mirror's certificate (default: yes)",
     )
     warm.add_argument("--ca-cert", type=Path, metavar="FILE", help="CA certificate(s), PEM")
+    probe = commands.add_parser(
+        "probe",
+        parents=[common],
+        help="ask the running mirror's health endpoint (a container healthcheck)",
+    )
+    probe.add_argument(
+        "endpoint", nargs="?", choices=PROBES, default="readyz", help="which (readyz)"
+    )
+    probe.add_argument("--mirror", help="the running mirror's URL (default: from http.addr)")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (5)")
     admin_commands.add_admin_commands(commands, common)
 
 
@@ -93,6 +116,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "prune": _prune,
         "verify": _verify,
         "warm": _warm,
+        "probe": _probe,
         **dict.fromkeys(admin_commands.ADMIN_COMMANDS, admin_commands.run_admin),
     }
     try:
@@ -308,12 +332,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
     )
     if args.concurrency < 1:
         raise ValueError("--concurrency must be at least 1")
-    mirror = args.mirror
-    if mirror is None:
-        host, port = settings.listen()
-        scheme = "https" if settings.http.tls.certificate is not None else "http"
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        mirror = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    mirror = args.mirror or _local_url(settings)
     password = args.password
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -361,6 +380,37 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
     failed = sum(1 for r in results if r.error)
     out.print(f"{len(results) - failed} of {len(results)} images warmed", highlight=False)
     return 1 if failed else 0
+
+
+def _local_url(settings: Settings) -> str:
+    """The running mirror's URL as this machine reaches it, from ``http.addr`` and
+    ``http.tls``: a wildcard address is asked on loopback."""
+    host, port = settings.listen()
+    scheme = "https" if settings.http.tls.certificate is not None else "http"
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # dual-stack: IPv4 too
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _probe(args: argparse.Namespace, settings: Settings) -> int:
+    """GET one health endpoint: exit 0 on 200, 1 otherwise, with its answer on stderr.
+    A probe checks the process, not its identity: the certificate is not verified (the
+    mirror's own, often self-signed or for another name than the loopback address)."""
+    url = f"{(args.mirror or _local_url(settings)).rstrip('/')}/{args.endpoint}"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as response:
+            body = response.read(4096).decode(errors="replace").strip()
+            out.print(f"{url}: {response.status} {body}", highlight=False, markup=False)
+            return 0
+    except urllib.error.HTTPError as exc:
+        body = exc.read(4096).decode(errors="replace").strip()
+        err.print(f"{url}: {exc.code} {body}", highlight=False, markup=False)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        err.print(f"{url}: no answer: {reason}", highlight=False, markup=False)
+    return 1
 
 
 def _progress(*, disable: bool) -> Progress:
