@@ -39,3 +39,8 @@ test-fast: venv
 
 bench: venv deps
 	$(BIN)/python -m bench
+
+# A wheel and an sdist in dist/ (the wheel built from the sdist), by PyPA's build.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
