@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy prometheus
+# command:package, for each command the tests run (the package when it is the command's name)
+DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy prometheus \
+	mmdebstrap buildah podman-compose strip:binutils systemd-analyze:systemd
 
-.PHONY: run test test-fast lint bench deps venv
+.PHONY: run test test-fast lint bench deps venv image dist
 
 $(BIN)/registry-mirror: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +21,18 @@ run: venv
 
 # The tests run real registries and clients: install Debian's packages when missing.
 deps:
-	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for entry in $(DEBIAN_TOOLS); do \
+		command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# The container image, offline: Debian's packages (mmdebstrap) and the project's wheels,
+# committed by buildah as registry-mirror:VERSION (and :latest); reproducible.
+image: venv deps
+	deploy/image/build.sh --python $(BIN)/python
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -24,7 +24,7 @@ done
 
 suite=bookworm
 uid=65532
-version=$("$python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/registry_mirror/__init__.py)
 tag=${tag:-registry-mirror:$version}
 # The newest commit's time (or the newest source's) stamps every file, the image and its
 # history: the same sources give the same image, whenever they are built.
@@ -57,13 +57,13 @@ echo "wheels: the project and its pinned dependencies"
 	"registry-mirror==$version"
 rm -rf "$work/site/bin" # the launcher is the image's own, for the image's Python
 
-echo "rootfs: Debian $suite's Python and what it needs, nothing else"
+echo "rootfs: Debian $suite's Python and what it needs, and a /bin/sh"
 # Extracted, not installed: no maintainer scripts, so dpkg, tar, debconf and openssl, which
 # only those scripts need, are left out below. Each kept package is listed in
 # /var/lib/dpkg/status.d/ as distroless images do, so image scanners see its version.
 drop="dpkg tar debconf"
 mmdebstrap --quiet --mode=root --variant=extract \
-	--include=base-files,python3.11-minimal,libpython3.11-stdlib,libsqlite3-0,ca-certificates,netbase \
+	--include=base-files,dash,python3.11-minimal,libpython3.11-stdlib,libsqlite3-0,ca-certificates,netbase \
 	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
 	--dpkgopt='path-include=/usr/share/doc/*/copyright' \
@@ -103,6 +103,9 @@ registry:x:$uid:
 nogroup:x:65534:
 GROUP
 printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
+# /bin/sh (dash, 120 KiB): healthchecks in compose's CMD-SHELL form run under it, and
+# podman-compose runs every healthcheck that way.
+ln -sfn dash "$root/bin/sh"
 mkdir -p "$root/var/lib/registry" "$root/tmp" "$root/etc/docker/registry" "$root/root"
 # A new named volume takes this directory's owner under Docker, only its mode under Podman
 # (and podman-compose): owned by the mirror's user, and writable like /tmp (sticky), it is

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.deploy.conftest import TAG
 from tests.support.container import ULIMITS, BuiltImage, MirrorContainer, build_image
 from tests.support.container import cgroup_memory as memory_of
 from tests.support.images import push_image, sha256_digest
@@ -28,13 +29,7 @@ from tests.support.skopeo import assert_dir_copy, skopeo_attempt
 from tests.support.tls import make_cert
 
 MiB = 2**20
-TAG = "localhost/registry-mirror:test"
 UID = 65532
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    return build_image(tmp_path_factory.mktemp("image"), TAG)
 
 
 @pytest.fixture(scope="module")
