@@ -279,3 +279,34 @@ def test_warm_logs_in_and_verifies_the_mirrors_certificate(
     for result in (anonymous, untrusted, logged_in, from_stdin, unverified, wrong):
         assert password not in result.stdout + result.stderr
         assert "carol:" not in result.stdout + result.stderr
+
+
+def test_probe_asks_the_running_mirror_over_its_own_tls(
+    upstream: RegistryProcess, mirror_factory: MirrorFactory, tmp_path: Path
+) -> None:
+    """``probe`` (a container's healthcheck) finds the mirror from the same settings as
+    ``serve`` (address, TLS), says 200 with exit 0, anything else with exit 1."""
+    maintenance = tmp_path / "maintenance"
+    tls = tls_args(tmp_path / "tls")
+    health_file = f"[{{file: {maintenance}, interval: 1s}}]"
+    mirror = mirror_factory(upstream.url, args=[*tls, "--health-file", health_file])
+    port = mirror.url.rsplit(":", 1)[1]
+    settings = ["--addr", f":{port}", *tls]
+    ready = mirror_command("probe", *settings)
+    assert ready.returncode == 0, ready.stderr
+    assert f"https://127.0.0.1:{port}/readyz: 200 ok" in ready.stdout
+    assert mirror_command("probe", "livez", *settings).returncode == 0
+
+    maintenance.touch()  # out of rotation: not ready, still alive
+    deadline = time.monotonic() + 10
+    while (unready := mirror_command("probe", *settings)).returncode == 0:
+        assert time.monotonic() < deadline, "readyz stayed 200"
+        time.sleep(0.3)
+    assert unready.returncode == 1
+    assert f"https://127.0.0.1:{port}/readyz: 503" in unready.stderr
+    assert mirror_command("probe", "livez", *settings).returncode == 0
+
+    closed = mirror_command("probe", "--mirror", "http://127.0.0.1:9")
+    assert closed.returncode == 1
+    assert "http://127.0.0.1:9/readyz: no answer" in closed.stderr
+    assert "Traceback" not in closed.stderr + unready.stderr
