@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # command:package, for each command the tests run (the package when it is the command's name)
 DEBIAN_TOOLS := docker-registry skopeo podman containerd nginx tinyproxy prometheus \
-	mmdebstrap buildah podman-compose strip:binutils systemd-analyze:systemd
+	runc mmdebstrap buildah podman-compose strip:binutils systemd-analyze:systemd
 
 .PHONY: run test test-fast lint bench deps venv image dist
 
