@@ -175,6 +175,7 @@ def test_full_disk_serves_hits_and_proxies_misses_then_recovers(
         filler = fill_disk(small_disk)  # take the rest of the disk
         for _ in range(3):
             pull(mirror, small)  # cache hits keep working
+            fill_disk(small_disk)  # what the mirror's own small files gave back
             pull(mirror, large)  # misses are proxied, uncached
         assert not hexes(large) & on_disk(mirror)
         assert list(staging_dir(mirror.root).iterdir()) == []

@@ -4,6 +4,8 @@ with its cache on one."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,15 +37,22 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 def fill_disk(mount: Path) -> Path:
-    """Take every free byte of ``mount``; the filler file to remove to give them back."""
+    """Take every free byte of ``mount``; the filler file to remove to give them back.
+    Called again, it takes what the disk has freed since (the filler only grows)."""
     filler = mount / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        # Ever smaller pieces down to a byte: no page is left free at the end.
+        for size in (1 << 20, 4096, 1):
+            piece = b"\0" * size
+            try:
+                while os.write(fd, piece):
+                    pass
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
     return filler
 
 
