@@ -18,12 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry_mirror.logs import (
-    BackgroundHandler,
-    JsonFormatter,
-    TextFormatter,
-    accepted_request_id,
-)
+from registry_mirror.logs import JsonFormatter, TextFormatter, accepted_request_id
 from tests.conftest import MirrorFactory
 from tests.support.clients import mirror_access_lines
 from tests.support.faulty import FaultyProxy
@@ -401,48 +396,3 @@ def test_tag_lists_are_misses_and_their_following_pages_hits(
     assert samples.value(count, registry="docker.io", kind="tags", result="hit") == 1
     received = "registry_mirror_upstream_received_bytes_total"
     assert samples.value(received, registry="docker.io", kind="tags") > 0
-
-
-class HeldStream:
-    """A stream whose writes wait until released (a log reader that stopped reading)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.release.wait(10)
-        self.text += text
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def test_a_stalled_log_reader_never_stalls_the_logger_and_drops_are_counted() -> None:
-    stream = HeldStream()
-    handler = BackgroundHandler(stream, capacity=5)  # type: ignore[arg-type]
-    handler.setFormatter(TextFormatter())
-    try:
-        handler.handle(record("first"))
-        wait_until(lambda: handler._lines == type(handler._lines)(), 5)  # the writer holds it
-        done = threading.Event()
-
-        def log_many() -> None:
-            for n in range(20):
-                handler.handle(record(f"line {n}"))
-            done.set()
-
-        threading.Thread(target=log_many).start()
-        assert done.wait(2), "logging waited for the stalled stream"
-        assert stream.text == ""
-        stream.release.set()
-        handler.flush()
-        wait_until(lambda: "log lines dropped" in stream.text, 5)
-        lines = stream.text.splitlines()
-        assert "first" in lines[0]
-        assert [line.split()[-1] for line in lines[1:6]] == ["0", "1", "2", "3", "4"]
-        assert "15 log lines dropped" in lines[6]
-    finally:
-        handler.close()
-    assert not handler._thread.is_alive()

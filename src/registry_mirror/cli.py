@@ -32,7 +32,7 @@ from registry_mirror.auth import HtpasswdError
 from registry_mirror.config import ConfigError, Settings, flag_name, leaf_paths, load_settings
 from registry_mirror.health import HEALTH_KEY
 from registry_mirror.index import IndexFailure
-from registry_mirror.logs import BackgroundHandler, RequestIdFilter, formatter
+from registry_mirror.logs import RequestIdFilter, formatter
 from registry_mirror.maintenance import commands as commands_module
 from registry_mirror.storage import StorageError
 
@@ -175,20 +175,14 @@ def serve(settings: Settings, ignored: list[str]) -> int:
     try:
         uvloop.run(_serve(settings))
     except HtpasswdError as exc:
-        return _last_words(exc, 2)
+        print(f"registry-mirror: {exc}", file=sys.stderr)
+        return 2
     except (StorageError, IndexFailure, OSError) as exc:
-        return _last_words(exc, 1)
+        print(f"registry-mirror: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _last_words(exc: Exception, status: int) -> int:
-    """The one line for a person, after every line logged before it."""
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    print(f"registry-mirror: {exc}", file=sys.stderr)
-    return status
 
 
 class _MalformedRequestFilter(logging.Filter):
@@ -242,7 +236,7 @@ class _MalformedRequestFilter(logging.Filter):
 def _setup_logging(settings: Settings) -> None:
     """stderr, in the ``log.formatter``'s format; every record carries its request id."""
     level = {"warn": "WARNING"}.get(settings.log.level, settings.log.level.upper())
-    handler = BackgroundHandler(sys.stderr)  # never a write to stderr on the event loop
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(settings.log.formatter))
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level, handlers=[handler])

@@ -11,21 +11,18 @@ in the text of the message; fields of a JSON object only).
 
 from __future__ import annotations
 
-import collections
 import contextvars
 import itertools
 import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Mapping
-from typing import Final, Literal, TextIO
+from typing import Final, Literal
 
 __all__ = [
     "REQUEST_ID",
-    "BackgroundHandler",
     "JsonFormatter",
     "RequestIdFilter",
     "RequestIds",
@@ -168,102 +165,6 @@ def formatter(name: Format) -> logging.Formatter:
     if name == "text":
         return TextFormatter()
     return JsonFormatter(logstash=name == "logstash")
-
-
-class BackgroundHandler(logging.Handler):
-    """Records formatted where they are logged (their request id and fields as they
-    were then) and written to ``stream`` by a thread of their own, in batches: a slow
-    reader of stderr (a pipe to journald or a container runtime) never stalls the event
-    loop, and a busy server makes one write per batch instead of one per line.
-
-    At most ``capacity`` lines wait; beyond that they are dropped and counted, and the
-    count is written as a warning of its own once the stream takes lines again.
-    ``flush`` waits until what was logged before it is written; ``close`` writes the
-    rest and ends the thread (logging's exit handler calls it)."""
-
-    def __init__(self, stream: TextIO, *, capacity: int = 10_000) -> None:
-        super().__init__()
-        self._stream = stream
-        self._capacity = capacity
-        self._lines: collections.deque[str] = collections.deque()
-        self._dropped = 0
-        self._written = 0  # lines taken by the writer so far (for flush)
-        self._queued = 0  # lines queued so far
-        self._closed = False
-        self._more = threading.Condition(threading.Lock())
-        self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
-        self._thread.start()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:
-            self.handleError(record)
-            return
-        with self._more:
-            if len(self._lines) >= self._capacity:
-                self._dropped += 1
-                return
-            self._lines.append(line)
-            self._queued += 1
-            if len(self._lines) == 1:
-                self._more.notify_all()
-
-    def _write(self) -> None:
-        while True:
-            with self._more:
-                while not self._lines and not self._dropped and not self._closed:
-                    self._more.wait()
-                lines = list(self._lines)
-                self._lines.clear()
-                dropped, self._dropped = self._dropped, 0
-                closed = self._closed
-            if dropped:
-                lines.append(self._dropped_line(dropped))
-            if lines:
-                try:
-                    self._stream.write("\n".join(lines) + "\n")
-                    self._stream.flush()
-                except (OSError, ValueError):
-                    pass  # the stream is gone: there is nowhere left to say so
-            with self._more:
-                self._written += len(lines) - (1 if dropped else 0)
-                self._more.notify_all()
-            if closed and not lines:
-                return
-
-    def _dropped_line(self, count: int) -> str:
-        record = logging.LogRecord(
-            __name__,
-            logging.WARNING,
-            __file__,
-            0,
-            "%d log lines dropped: the log's reader was too slow",
-            (count,),
-            None,
-        )
-        for check in self.filters:
-            if isinstance(check, logging.Filter):
-                check.filter(record)
-        return self.format(record)
-
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait (up to ``timeout``) until every line queued so far is written."""
-        if threading.current_thread() is self._thread:
-            return
-        with self._more:
-            target = self._queued
-            self._more.wait_for(
-                lambda: self._written >= target or not self._thread.is_alive(), timeout
-            )
-
-    def close(self) -> None:
-        with self._more:
-            self._closed = True
-            self._more.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5.0)
-        super().close()
 
 
 class ThrottledLog:
